@@ -1,0 +1,347 @@
+"""Loading and saving CAST weights: published files, our own format, the bundled default.
+
+Nothing here ever runs code from a file: pickles are read with ``torch.load(weights_only=True)``
+(``argparse.Namespace`` is the one extra class allowed, for the published DeiT files) and our own
+format is safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from .errors import (
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    UnsafeCheckpointError,
+    WeightsNotAvailableError,
+)
+from .models.cast import CAST, VARIANTS, checkpoint_filter_fn, infer_model_args
+from .superpixels import SEEDS_DEIT, SEEDS_MOCO
+from .weights import BUNDLED, PUBLISHED, ModelInfo, bundled_dir, default_class_names
+
+__all__ = [
+    "load_model", "safe_torch_load", "save_own_format", "load_own_format", "load_published_into",
+    "build_model", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_NAME",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "cast-explorer"
+FORMAT_VERSION = 1
+_PUBLISHED_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin", ".ckpt")
+_INFO_FIELDS = set(ModelInfo.__dataclass_fields__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe reading of pickled checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def safe_torch_load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load`` that only accepts tensors, plain containers and ``argparse.Namespace``.
+
+    Raises:
+        UnsafeCheckpointError: the pickle references anything else (nothing from it was run).
+        CheckpointFormatError: the file is not a readable torch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotAvailableError(f"checkpoint file not found: {path}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # protocol notices from the restricted unpickler
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg:
+            detail = _first_line_with(msg, "GLOBAL") or _first_line_with(msg, "Unsupported") or "unsupported content"
+            raise UnsafeCheckpointError(
+                f"{path.name}: refused to load; the pickle asks for more than tensors and plain data "
+                f"({detail}). Nothing from the file was executed."
+            ) from None
+        raise CheckpointFormatError(f"{path.name}: not a readable PyTorch checkpoint ({_first_line(msg)})") from None
+    except Exception as e:  # corrupt zip, truncated file, random bytes, ...
+        raise CheckpointFormatError(
+            f"{path.name}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(str(e))})"
+        ) from None
+
+
+def _first_line(msg: str) -> str:
+    return msg.strip().splitlines()[0][:300] if msg.strip() else "unknown error"
+
+
+def _first_line_with(msg: str, needle: str) -> str | None:
+    for line in msg.splitlines():
+        if needle in line:
+            return line.strip()[:300]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+# ---------------------------------------------------------------------------------------------
+
+
+def build_model(arch: str, **kwargs: Any) -> CAST:
+    """Create a registered CAST variant (through timm's registry) with random weights."""
+    import timm
+
+    if arch not in VARIANTS:
+        raise WeightsNotAvailableError(f"unknown architecture {arch!r}; known: {', '.join(VARIANTS)}")
+    model = timm.create_model(arch, **kwargs)
+    assert isinstance(model, CAST)
+    return model
+
+
+def _arch_for(args: dict[str, Any]) -> str | None:
+    for name, v in VARIANTS.items():
+        if v["embed_dim"] == args["embed_dim"] and tuple(v["depths"]) == tuple(args["depths"]):
+            return name
+    return None
+
+
+def _finish(model: CAST, info: ModelInfo, device: str | torch.device | None) -> CAST:
+    model.info = info  # type: ignore[attr-defined]
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def _split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    info = {k: v for k, v in overrides.items() if k in _INFO_FIELDS}
+    model = {k: v for k, v in overrides.items() if k not in _INFO_FIELDS}
+    return info, model
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub access
+# ---------------------------------------------------------------------------------------------
+
+
+def _download(repo_id: str, filename: str, revision: str | None, cache_dir: Any = None, **kwargs: Any) -> str:
+    try:
+        return hf_hub_download(repo_id=repo_id, filename=filename, revision=revision, cache_dir=cache_dir, **kwargs)
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub could not be reached"
+        raise WeightsNotAvailableError(
+            f"{repo_id}/{filename} is not in the local Hub cache and {why}. Download it once with "
+            f"network access (e.g. `hf download {repo_id} {filename}`), or use the bundled model "
+            f"(`cast.load_model('bundled')`)."
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as e:
+        raise WeightsNotAvailableError(f"{repo_id}/{filename} (revision {revision or 'main'}): {_first_line(str(e))}") from None
+    except HfHubHTTPError as e:
+        raise WeightsNotAvailableError(f"download of {repo_id}/{filename} failed: {_first_line(str(e))}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Published files
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_published_file(path: str | os.PathLike[str], source: str, model_overrides: dict[str, Any],
+                         base_info: ModelInfo | None = None) -> CAST:
+    obj = safe_torch_load(path)
+    try:
+        sd = checkpoint_filter_fn(obj)
+        args = infer_model_args(sd)
+    except (KeyError, IndexError, AttributeError) as e:
+        raise CheckpointFormatError(f"{Path(path).name}: not a CAST checkpoint (no {e} entry)") from None
+    arch = _arch_for(args)
+    kwargs = {"pos_embed": args["pos_embed"], "num_classes": args["num_classes"], "img_size": args["img_size"], **model_overrides}
+    if arch is None:
+        raise CheckpointMismatchError(
+            f"{Path(path).name}: width {args['embed_dim']} with depths {args['depths']} is none of the "
+            f"registered variants ({', '.join(VARIANTS)})"
+        )
+    model = build_model(arch, **kwargs)
+    model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
+    family = "mocov3" if args["pos_embed"] == "sincos" else "deit"
+    info = base_info or ModelInfo(
+        name=arch, family=family, superpixels=SEEDS_MOCO if family == "mocov3" else SEEDS_DEIT,
+        input_size=args["img_size"], class_names=default_class_names(model.num_classes), source=source,
+    )
+    return _finish(model, info, None)
+
+
+def load_published_into(model: CAST, variant: str, revision: str | None = None) -> CAST:
+    """Fill a freshly built ``variant`` with the published weights that fit its head and family
+    (used by ``timm.create_model(..., pretrained=True)``)."""
+    candidates = [w for w in PUBLISHED.values() if w.arch == variant and w.pos_embed == model.pos_embed_type
+                  and w.num_classes == model.num_classes]
+    if not candidates:
+        raise WeightsNotAvailableError(
+            f"no published weights for {variant} with pos_embed={model.pos_embed_type!r} and "
+            f"num_classes={model.num_classes}; published: {', '.join(PUBLISHED)}"
+        )
+    w = candidates[0]
+    obj = safe_torch_load(_download(w.hub_repo, w.hub_file, revision))
+    model.load_state_dict(checkpoint_filter_fn(obj, model), strict=True)
+    model.info = w.info()  # type: ignore[attr-defined]
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Our own format: config.json + model.safetensors (huggingface_hub ModelHubMixin layout)
+# ---------------------------------------------------------------------------------------------
+
+
+def own_format_config(model: CAST) -> dict[str, Any]:
+    info: ModelInfo = getattr(model, "info", None) or default_info(model)
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "architecture": info.name,
+        "model_args": dict(model.model_args),
+        "info": info.to_dict(),
+    }
+
+
+def default_info(model: CAST, source: str = "") -> ModelInfo:
+    """Metadata for a model that was built rather than loaded."""
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture") or _arch_for(model.model_args) or "cast"
+    return ModelInfo(
+        name=arch, family="cast-explorer" if model.pos_embed_type == "sincos" else "deit",
+        superpixels=SEEDS_MOCO if model.pos_embed_type == "sincos" else SEEDS_DEIT,
+        input_size=model.img_size, class_names=default_class_names(model.num_classes), source=source,
+    )
+
+
+def save_own_format(model: CAST, directory: str | os.PathLike[str]) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / WEIGHTS_NAME))
+    (directory / CONFIG_NAME).write_text(json.dumps(own_format_config(model), indent=2) + "\n")
+    return directory
+
+
+def _read_config(path: str) -> dict[str, Any]:
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointFormatError(f"{path}: unreadable config.json ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise CheckpointFormatError(f"{path}: not a {FORMAT_NAME} config (missing \"format\": \"{FORMAT_NAME}\")")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointFormatError(f"{path}: format version {config['format_version']} is newer than this library reads ({FORMAT_VERSION})")
+    return config
+
+
+def load_own_format(model_id: str | os.PathLike[str], *, revision: str | None = None, cache_dir: Any = None,
+                    force_download: bool = False, local_files_only: bool = False, token: Any = None,
+                    overrides: dict[str, Any] | None = None, source: str | None = None) -> CAST:
+    """Load a folder or Hub repo holding ``config.json`` + ``model.safetensors``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model as load_safetensors
+
+    info_over, model_over = _split_overrides(dict(overrides or {}))
+    model_id = str(model_id)
+    if os.path.isdir(model_id):
+        config_file, weights_file = os.path.join(model_id, CONFIG_NAME), os.path.join(model_id, WEIGHTS_NAME)
+        for f in (config_file, weights_file):
+            if not os.path.isfile(f):
+                raise WeightsNotAvailableError(f"{model_id}: no {os.path.basename(f)} (expected {CONFIG_NAME} + {WEIGHTS_NAME})")
+    else:
+        kw = dict(force_download=force_download, local_files_only=local_files_only, token=token)
+        config_file = _download(model_id, CONFIG_NAME, revision, cache_dir, **kw)
+        weights_file = _download(model_id, WEIGHTS_NAME, revision, cache_dir, **kw)
+    config = _read_config(config_file)
+    arch = str(config.get("architecture", ""))
+    model_args = dict(config.get("model_args", {}))
+    model_args.update(model_over)
+    try:
+        model = build_model(arch, **model_args)
+    except TypeError as e:
+        raise CheckpointFormatError(f"{config_file}: bad model_args ({e})") from None
+    try:
+        missing, unexpected = load_safetensors(model, weights_file, strict=False)
+    except SafetensorError as e:
+        raise CheckpointFormatError(f"{weights_file}: unreadable safetensors file ({e})") from None
+    except RuntimeError as e:  # size mismatch
+        raise CheckpointMismatchError(f"{weights_file} does not fit {arch}: {_first_line(str(e))}") from None
+    if missing or unexpected:
+        raise CheckpointMismatchError(f"{weights_file} does not fit {arch}: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+    info = ModelInfo.from_dict({**config.get("info", {}), "name": arch})
+    info = info.with_(source=source or model_id, **info_over)
+    if info.class_names is not None and len(info.class_names) != model.num_classes:
+        raise CheckpointFormatError(f"{config_file}: {len(info.class_names)} class names for {model.num_classes} outputs")
+    return _finish(model, info, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None = None, cache_dir: Any = None,
+               device: str | torch.device | None = None, **overrides: Any) -> CAST:
+    """Load an eval-mode CAST carrying its metadata as ``model.info`` (:class:`~cast.weights.ModelInfo`).
+
+    Args:
+        source: one of
+            - a published name (``cast.PUBLISHED``, e.g. ``"cast_small.deit_in1k"``), downloaded from
+              the Hub repo ``twke/CAST`` through huggingface_hub's cache (``HF_HUB_OFFLINE`` honoured);
+            - ``"bundled"``: the default model shipped in ``assets/bundled``;
+            - a local published-format file (``.pth``, ``.pth.tar``);
+            - a folder or Hub repo id with ``config.json`` + ``model.safetensors`` (our format).
+        revision: Hub revision (branch, tag or commit) to pin.
+        cache_dir: Hub cache folder (default: huggingface_hub's, ``HF_HUB_CACHE``).
+        device: where to put the model (default CPU).
+        overrides: ``ModelInfo`` fields (``superpixels``, ``class_names``, ``input_size``, ...)
+            replace the stored metadata; anything else is passed to the model constructor.
+
+    Raises:
+        WeightsNotAvailableError, UnsafeCheckpointError, CheckpointFormatError, CheckpointMismatchError.
+    """
+    info_over, model_over = _split_overrides(overrides)
+    src = str(source)
+    if src == BUNDLED:
+        folder = bundled_dir()
+        if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+            raise WeightsNotAvailableError(
+                f"the bundled default model is not installed ({folder} has no {CONFIG_NAME} + {WEIGHTS_NAME}). "
+                f"Use a published model instead, one of: {', '.join(PUBLISHED)}"
+            )
+        model = load_own_format(folder, overrides=overrides, source=BUNDLED)
+    elif src in PUBLISHED:
+        w = PUBLISHED[src]
+        path = _download(w.hub_repo, w.hub_file, revision, cache_dir)
+        model = _load_published_file(path, src, {**w.model_kwargs(), **model_over}, w.info())
+        model.info = model.info.with_(**info_over)  # type: ignore[attr-defined]
+    elif os.path.isfile(src):
+        if src.endswith(".safetensors"):
+            model = load_own_format(os.path.dirname(os.path.abspath(src)), overrides=overrides)
+        else:
+            model = _load_published_file(src, src, model_over)
+            model.info = model.info.with_(**info_over)  # type: ignore[attr-defined]
+    elif os.path.isdir(src):
+        model = load_own_format(src, overrides=overrides)
+    elif src.count("/") == 1 and not src.endswith(_PUBLISHED_SUFFIXES) and not os.path.exists(src):
+        model = load_own_format(src, revision=revision, cache_dir=cache_dir, overrides=overrides, source=f"hf://{src}")
+    else:
+        raise WeightsNotAvailableError(
+            f"unknown model source {src!r}: not a published name ({', '.join(PUBLISHED)}), "
+            f"'{BUNDLED}', an existing file or folder, or a Hub repo id"
+        )
+    return _finish(model, model.info, device)  # type: ignore[attr-defined]

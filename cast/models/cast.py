@@ -1,0 +1,543 @@
+"""CAST: a Vision Transformer on superpixel tokens with graph pooling between stages.
+
+Ke, Mo, Yu, "Learning Hierarchical Image Segmentation For Recognition and By Recognition",
+ICLR 2024. Layout of this file (timm style): building blocks, the model, checkpoint
+conversion, the registered size variants.
+
+State-dict keys and shapes equal those of the published checkpoints
+(``shared/spec/official_state_dict_keys.json``), so the published weights load with
+``strict=True`` after :func:`checkpoint_filter_fn`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from timm.layers import Attention, trunc_normal_
+from timm.models import register_model
+from timm.models.vision_transformer import Block
+
+from ..errors import CheckpointMismatchError
+from ..ops import farthest_point_sample, segment_mean
+
+__all__ = ["CAST", "CastOutput", "ConvStem", "GraphPooling", "checkpoint_filter_fn", "CheckpointMismatchError"]
+
+POOL_HEADS = 12  # the published graph pooling attention always has 12 heads
+ASSIGN_SCALE = 5.0  # cosine similarity -> assignment logits
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class ConvStem(nn.Module):
+    """Stride-8 convolutional stem: 4 x (3x3 conv, BN, ReLU) with strides 2, 2, 2, 1, then 1x1 conv.
+
+    Channels go ``C/8 -> C/4 -> C/2 -> C -> C``. Input ``[B, 3, H, W]``; output ``[B, H/8, W/8, C]``
+    (channels last, the grid that segment tokens are pooled from).
+    """
+
+    def __init__(self, in_chans: int = 3, embed_dim: int = 384) -> None:
+        super().__init__()
+        if embed_dim % 8:
+            raise ValueError(f"embed_dim must be divisible by 8 for the ConvStem, got {embed_dim}")
+        layers: list[nn.Module] = []
+        c_in, c_out = in_chans, embed_dim // 8
+        for stride in (2, 2, 2, 1):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in, c_out = c_out, c_out * 2
+        layers.append(nn.Conv2d(c_in, embed_dim, 1))
+        self.proj = nn.Sequential(*layers)  # keys proj.{0,1,3,4,6,7,9,10,12}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class CentroidBlock(nn.Module):
+    """Attention-only block that produces the features used to assign tokens to centroids.
+
+    ``x + attn(norm(x))``, then centred over the tokens and shifted by a learned ``bias``.
+    """
+
+    def __init__(self, dim: int, num_heads: int = POOL_HEADS) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads=num_heads, qkv_bias=True)
+        self.bias = nn.Parameter(torch.zeros(dim).normal_(0, 1e-2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm(x))
+        return x - x.mean(dim=1, keepdim=True) + self.bias
+
+
+@dataclass
+class PoolResult:
+    """What one graph pooling step returns (``N`` tokens in, ``K`` segments out)."""
+
+    cls_token: torch.Tensor  # [B, 1, C]
+    tokens: torch.Tensor  # [B, K, C] segment tokens
+    assign_logits: torch.Tensor  # [B, N, K] before softmax
+    centroid_index: torch.Tensor  # [B, K] long, FPS indices into N
+
+
+class GraphPooling(nn.Module):
+    """Merge ``N`` tokens into ``num_clusters`` segment tokens (CAST_FACTS §2.5).
+
+    Centroids are chosen by farthest point sampling on the raw token features; every token is
+    softly assigned to the centroids by cosine similarity of ``centroid_fc`` features; a segment
+    token is the assignment-weighted mean of ``fc1`` features, projected by ``fc2``, plus the
+    centroid's own token.
+    """
+
+    def __init__(self, dim: int, num_clusters: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.num_clusters = num_clusters
+        self.centroid_fc = CentroidBlock(dim)
+        self.fc1 = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * 4), nn.GELU(), nn.Dropout(dropout))
+        self.fc2 = nn.Sequential(nn.LayerNorm(dim * 4), nn.Linear(dim * 4, dim))
+
+    def sample_centroids(self, x: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+        """FPS indices ``[B, K]`` into the ``N`` tokens of ``x`` ``[B, N, C]``.
+
+        Padded tokens are replaced by the mean of the valid tokens, which is also prepended as
+        the start point; the start point is dropped from the result.
+        """
+        B, N, C = x.shape
+        valid = torch.ones(B, N, dtype=x.dtype, device=x.device) if padding is None else (~padding).to(x.dtype)
+        mean = (x * valid.unsqueeze(-1)).sum(1) / valid.sum(1).clamp(min=1).unsqueeze(-1)  # [B, C]
+        filled = torch.where(valid.unsqueeze(-1) > 0, x, mean.unsqueeze(1))
+        cloud = torch.cat([mean.unsqueeze(1), filled], dim=1)
+        index = farthest_point_sample(cloud, self.num_clusters + 1)[:, 1:] - 1
+        # Only when fewer distinct tokens than clusters exist does the sampler return the start
+        # point again; reuse the first centroid then (it will own no members).
+        return torch.where(index < 0, index[:, :1].clamp(min=0), index)
+
+    def forward(self, cls_token: torch.Tensor, x: torch.Tensor, padding: torch.Tensor | None = None) -> PoolResult:
+        """``cls_token`` ``[B, 1, C]``, ``x`` ``[B, N, C]``, ``padding`` bool ``[B, N]`` (True = padded)."""
+        B, N, C = x.shape
+        index = self.sample_centroids(x, padding)
+        gather_index = index.unsqueeze(-1).expand(-1, -1, C)
+
+        node = self.centroid_fc(x)
+        centroid = torch.gather(node, 1, gather_index)
+        logits = ASSIGN_SCALE * torch.einsum(
+            "bnc,bkc->bnk", F.normalize(node, dim=-1), F.normalize(centroid, dim=-1)
+        )
+        assign = logits.softmax(dim=-1)
+
+        h = self.fc1(torch.cat([cls_token, x], dim=1))
+        h_cls, h_tok = h[:, :1], h[:, 1:]
+        pooled = torch.einsum("bnk,bnc->bkc", assign, h_tok) / assign.sum(1).unsqueeze(-1)
+        out = self.fc2(torch.cat([h_cls, pooled], dim=1))
+        tokens = out[:, 1:] + torch.gather(x, 1, gather_index)
+        return PoolResult(out[:, :1] + cls_token, tokens, logits, index)
+
+
+class Pooling(nn.Module):
+    """Holds the graph pooling under the published key prefix ``pool{l}.pool_block``."""
+
+    def __init__(self, pool_block: GraphPooling) -> None:
+        super().__init__()
+        self.pool_block = pool_block
+
+    def forward(self, cls_token: torch.Tensor, x: torch.Tensor, padding: torch.Tensor | None = None) -> PoolResult:
+        return self.pool_block(cls_token, x, padding)
+
+
+def sincos_pos_embed_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine embedding ``[1, h*w, dim]`` in the MoCo-v3 layout (width-major grid)."""
+    if dim % 4:
+        raise ValueError(f"embed_dim must be divisible by 4 for sin-cos position embedding, got {dim}")
+    h, w = grid
+    gw, gh = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    out_w = gw.flatten()[:, None] * omega[None]
+    out_h = gh.flatten()[:, None] * omega[None]
+    return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CastOutput:
+    """Everything one forward pass of :meth:`CAST.forward_hierarchy` yields.
+
+    Levels are listed fine to coarse (level 1 = first pooling, ``K_1`` segments).
+    """
+
+    logits: torch.Tensor | None  # [B, num_classes]; None without a head
+    level_logits: list[torch.Tensor] | None  # 4 x [B, num_classes]: [CLS] after each stage -> norm -> head
+    assign_logits: list[torch.Tensor]  # 4 x [B, N_l, K_l] before softmax (N_1 = superpixel tokens)
+    centroid_index: list[torch.Tensor]  # 4 x [B, K_l] long, FPS indices into the level's N_l tokens
+    segments: list[torch.Tensor]  # 4 x [B, H, W] long, centroid index of each pixel's level-l segment
+    token_labels: list[torch.Tensor]  # 4 x [B, S] long, the same per superpixel token
+    segment_tokens: list[torch.Tensor]  # 4 x [B, K_l, C] most processed feature of each level-l segment
+    padding: torch.Tensor  # [B, S] bool, superpixel ids with no cell on the feature grid
+    features: torch.Tensor  # [B, C] final [CLS] feature (after ``norm``)
+
+
+class CAST(nn.Module, PyTorchModelHubMixin, library_name="cast-explorer", tags=["image-classification", "image-segmentation", "cast"], repo_url="https://github.com/twke18/CAST"):
+    """CAST: ViT blocks over superpixel tokens, with graph pooling after each of 4 stages.
+
+    Inputs: ``images`` ``[B, 3, H, W]`` normalised with ImageNet mean/std, and ``superpixels``
+    ``[B, H, W]`` long ids ``0..S-1`` (computed on the same image before normalisation).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 8,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 384,
+        depths: Sequence[int] = (3, 3, 3, 2),
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        num_clusters: Sequence[int] = (64, 32, 16, 8),
+        pos_embed: Literal["sincos", "learned"] = "sincos",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if patch_size != 8:
+            raise ValueError("CAST's ConvStem has stride 8; patch_size must be 8")
+        if len(depths) != 4 or len(num_clusters) != 4:
+            raise ValueError("depths and num_clusters need 4 entries, one per stage")
+        if embed_dim % POOL_HEADS:
+            raise ValueError(f"embed_dim must be divisible by {POOL_HEADS} (graph pooling heads), got {embed_dim}")
+        if pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+        # Everything needed to rebuild this model; saved with checkpoints and exports.
+        self.model_args: dict[str, Any] = dict(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depths=list(depths), num_heads=num_heads, mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias, num_clusters=list(num_clusters), pos_embed=pos_embed,
+            drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+        )
+        self.img_size = img_size
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.depths = tuple(depths)
+        self.num_clusters = tuple(num_clusters)
+        self.pos_embed_type = pos_embed
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        num_cells = self.grid_size[0] * self.grid_size[1]
+
+        self.patch_embed = ConvStem(in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if pos_embed == "sincos":  # MoCo-v3 family: fixed, stored, never trained
+            self.pos_embed = nn.Parameter(sincos_pos_embed_2d(self.grid_size, embed_dim), requires_grad=False)
+            self.pe_token = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
+        else:  # DeiT family: learned, slot 0 belongs to [CLS]
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_cells, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.blocks = nn.Sequential(
+            *[
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_layer=_layer_norm)
+                for i in range(sum(depths))
+            ]
+        )
+        # Stage views share the modules of ``blocks``; slicing keeps the global indices, which is
+        # how the published files name them (``blocks2.3`` is ``blocks.3``).
+        ends = torch.tensor(depths).cumsum(0).tolist()
+        starts = [0] + ends[:-1]
+        self.blocks1, self.blocks2, self.blocks3, self.blocks4 = (self.blocks[s:e] for s, e in zip(starts, ends))
+        self.pool1, self.pool2, self.pool3, self.pool4 = (
+            Pooling(GraphPooling(embed_dim, k)) for k in num_clusters
+        )
+        # The last pooling only reads out level 4; its output never reaches the head, so the
+        # published models keep it frozen (it still defines the level-4 assignment).
+        self.pool4.requires_grad_(False)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    # -- init ------------------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        if self.pos_embed_type == "learned":
+            trunc_normal_(self.pos_embed, std=0.02)
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Linear):
+                if name.endswith("qkv"):  # treat q, k, v as three separate matrices
+                    bound = math.sqrt(6.0 / (m.weight.shape[0] // 3 + m.weight.shape[1]))
+                    nn.init.uniform_(m.weight, -bound, bound)
+                else:
+                    nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.cls_token, std=1e-6)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "pe_token"}
+
+    @property
+    def stages(self) -> list[tuple[nn.Sequential, Pooling]]:
+        return [(self.blocks1, self.pool1), (self.blocks2, self.pool2), (self.blocks3, self.pool3), (self.blocks4, self.pool4)]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.model_args["num_classes"] = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # -- forward ---------------------------------------------------------------------------
+    def embed_segments(self, images: torch.Tensor, superpixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Average ConvStem features and position embeddings per superpixel.
+
+        Returns ``tokens`` ``[B, S, C]``, ``cls`` ``[B, 1, C]`` and ``padding`` ``[B, S]`` (True for
+        ids that own no cell of the feature grid), with ``S = superpixels.max() + 1``.
+        """
+        x = self.patch_embed(images)  # [B, h, w, C]
+        B, h, w, C = x.shape
+        if superpixels.shape[-2:] != images.shape[-2:]:
+            raise ValueError(f"superpixels {tuple(superpixels.shape)} must match the image size {tuple(images.shape[-2:])}")
+        grid_labels = F.interpolate(superpixels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
+        num_segments = int(superpixels.max()) + 1
+        tokens = segment_mean(x, grid_labels, num_segments)
+        counts = torch.zeros(B, num_segments, device=x.device).scatter_add_(
+            1, grid_labels.reshape(B, -1), torch.ones(B, h * w, device=x.device)
+        )
+        padding = counts <= 0.5
+        if self.pos_embed_type == "sincos":
+            grid_pos, cls_pos = self.pos_embed, self.pe_token
+        else:
+            grid_pos, cls_pos = self.pos_embed[:, 1:], self.pos_embed[:, :1]
+        if grid_pos.shape[1] != h * w:
+            raise ValueError(f"model built for a {self.grid_size} grid, got {(h, w)}: resize images to {self.img_size}")
+        pos = segment_mean(grid_pos.reshape(1, h, w, C).expand(B, -1, -1, -1), grid_labels, num_segments)
+        tokens = self.pos_drop(tokens + pos)
+        cls = self.cls_token.expand(B, -1, -1) + cls_pos
+        return tokens, cls, padding
+
+    def forward_features(self, images: torch.Tensor, superpixels: torch.Tensor) -> torch.Tensor:
+        """Run all stages; returns ``[B, 1 + K_3, C]``: [CLS] and the level-3 segment tokens after
+        the last stage's blocks and ``norm`` (the published model's final token sequence)."""
+        x, cls, padding = self.embed_segments(images, superpixels)
+        for i, (blocks, pool) in enumerate(self.stages):
+            y = blocks(torch.cat([cls, x], dim=1))
+            if i == 3:
+                return self.norm(y)
+            r = pool(y[:, :1], y[:, 1:], padding)
+            cls, x, padding = r.cls_token, r.tokens, None
+        raise AssertionError("unreachable")
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """``x`` ``[B, 1 + N, C]`` (normed) -> logits ``[B, num_classes]`` (or the [CLS] feature)."""
+        x = self.head_drop(x[:, 0])
+        return x if pre_logits else self.head(x)
+
+    def forward(self, images: torch.Tensor, superpixels: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, num_classes]``, or the [CLS] feature ``[B, C]`` when ``num_classes == 0``."""
+        return self.forward_head(self.forward_features(images, superpixels))
+
+    def forward_hierarchy(self, images: torch.Tensor, superpixels: torch.Tensor) -> CastOutput:
+        """One pass that also returns the segmentation tree and per-level predictions."""
+        x, cls, padding = self.embed_segments(images, superpixels)
+        input_padding = padding
+        level_cls: list[torch.Tensor] = []
+        assign_logits: list[torch.Tensor] = []
+        centroid_index: list[torch.Tensor] = []
+        stage_tokens: list[torch.Tensor] = []
+        pooled_tokens: list[torch.Tensor] = []
+        final = None
+        for blocks, pool in self.stages:
+            y = blocks(torch.cat([cls, x], dim=1))
+            level_cls.append(y[:, 0])
+            stage_tokens.append(y[:, 1:])
+            final = y
+            r = pool(y[:, :1], y[:, 1:], padding)
+            assign_logits.append(r.assign_logits)
+            centroid_index.append(r.centroid_index)
+            pooled_tokens.append(r.tokens)
+            cls, x, padding = r.cls_token, r.tokens, None
+        assert final is not None
+        features = self.norm(final)[:, 0]
+        has_head = isinstance(self.head, nn.Linear)
+        level_logits = [self.head(self.norm(c)) for c in level_cls] if has_head else None
+        logits = self.head(features) if has_head else None
+
+        # Readout (CAST_FACTS §4): compose the hard assignments from level 1 upwards.
+        token_labels: list[torch.Tensor] = []
+        current = assign_logits[0].argmax(-1)  # [B, S] -> level-1 centroid
+        token_labels.append(current)
+        for logits_l in assign_logits[1:]:
+            current = torch.gather(logits_l.argmax(-1), 1, current)
+            token_labels.append(current)
+        flat_sp = superpixels.reshape(superpixels.shape[0], -1)
+        segments = [torch.gather(t, 1, flat_sp).reshape(superpixels.shape) for t in token_labels]
+        # A level-l segment is best described by its token after the next stage's blocks; level 4
+        # has no next stage, so its pooled token is used.
+        segment_tokens = stage_tokens[1:] + [pooled_tokens[3]]
+        return CastOutput(
+            logits=logits,
+            level_logits=level_logits,
+            assign_logits=assign_logits,
+            centroid_index=centroid_index,
+            segments=segments,
+            token_labels=token_labels,
+            segment_tokens=segment_tokens,
+            padding=input_padding,
+            features=features,
+        )
+
+    # -- Hub mixin -------------------------------------------------------------------------
+    def _save_pretrained(self, save_directory: Any) -> None:  # ModelHubMixin hook
+        from ..hub import save_own_format  # local import: hub imports this module
+
+        save_own_format(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
+                         local_files_only: bool, token: Any, config: dict | None = None, **model_kwargs: Any) -> "CAST":
+        from ..hub import load_own_format
+
+        return load_own_format(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
+                               local_files_only=local_files_only, token=token, overrides=model_kwargs)
+
+
+def _layer_norm(dim: int, **kwargs: Any) -> nn.LayerNorm:
+    return nn.LayerNorm(dim, eps=1e-6, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoint conversion
+# ---------------------------------------------------------------------------------------------
+
+_MOCO_PREFIX = "module.base_encoder."
+
+
+def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
+    """Find the backbone state dict inside whatever ``torch.load`` returned for a published file."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatchError(f"expected a dict from the checkpoint file, got {type(obj).__name__}")
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # MoCo-v3 training file
+        sd = obj["state_dict"]
+        if any(k.startswith(_MOCO_PREFIX) for k in sd):
+            return {k[len(_MOCO_PREFIX):]: v for k, v in sd.items()
+                    if k.startswith(_MOCO_PREFIX) and not k[len(_MOCO_PREFIX):].startswith("head.")}
+        return {k.removeprefix("module."): v for k, v in sd.items()}
+    if "model" in obj and isinstance(obj["model"], Mapping):  # DeiT training file
+        return {k.removeprefix("module."): v for k, v in obj["model"].items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def checkpoint_filter_fn(obj: Any, model: CAST | None = None) -> dict[str, torch.Tensor]:
+    """Turn a published CAST file (MoCo-v3 dict, DeiT dict or bare state dict) into our state dict.
+
+    With ``model`` given, keys and shapes are checked against it and any mismatch raises
+    :class:`CheckpointMismatchError` naming the keys; the result then loads with ``strict=True``.
+    """
+    sd = {k: v for k, v in _unwrap(obj).items() if isinstance(v, torch.Tensor)}
+    if model is None:
+        return sd
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong_shape = sorted(k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if missing:
+            parts.append(f"missing {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_short(unexpected)}")
+        if wrong_shape:
+            parts.append("wrong shape " + _short([f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape]))
+        raise CheckpointMismatchError("checkpoint does not fit the model: " + "; ".join(parts))
+    return sd
+
+
+def _short(keys: list[str], limit: int = 8) -> str:
+    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def infer_model_args(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Read the architecture of a converted state dict: width, depths, heads, clusters, family."""
+    embed_dim = int(sd["cls_token"].shape[-1])
+    depths = []
+    for stage in range(1, 5):
+        idx = {int(k.split(".")[1]) for k in sd if k.startswith(f"blocks{stage}.")}
+        depths.append(len(idx))
+    if "pe_token" in sd:
+        pos = "sincos"
+    else:
+        pos = "learned"
+    grid = sd["pos_embed"].shape[1] - (1 if pos == "learned" else 0)
+    side = int(round(math.sqrt(grid)))
+    num_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
+    return dict(embed_dim=embed_dim, depths=tuple(depths), pos_embed=pos, img_size=side * 8, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered variants
+# ---------------------------------------------------------------------------------------------
+
+# Size of each registered variant (the register functions below and checkpoint inference use it).
+VARIANTS: dict[str, dict[str, Any]] = {
+    # ours, for CPU-scale training: cast_small's layout at half width
+    "cast_tiny": dict(embed_dim=192, depths=(3, 3, 3, 2), num_heads=3, num_clusters=(64, 32, 16, 8)),
+    "cast_small": dict(embed_dim=384, depths=(3, 3, 3, 2), num_heads=12, num_clusters=(64, 32, 16, 8)),
+    "cast_small_deep": dict(embed_dim=384, depths=(6, 3, 3, 3), num_heads=12, num_clusters=(64, 32, 16, 8)),
+    "cast_base": dict(embed_dim=768, depths=(3, 3, 3, 2), num_heads=12, num_clusters=(64, 32, 16, 8)),
+    "cast_base_deep": dict(embed_dim=768, depths=(6, 3, 3, 3), num_heads=12, num_clusters=(64, 32, 16, 8)),
+}
+
+_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "device", "dtype")
+
+
+def _create_cast(variant: str, pretrained: bool = False, **kwargs: Any) -> CAST:
+    for key in _TIMM_ONLY_KWARGS:
+        kwargs.pop(key, None)
+    model = CAST(**kwargs)
+    model.default_cfg = model.pretrained_cfg = {
+        "architecture": variant, "input_size": (3, model.img_size, model.img_size),
+        "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "num_classes": model.num_classes,
+    }
+    if pretrained:
+        from ..hub import load_published_into  # local import: hub imports this module
+
+        load_published_into(model, variant)
+    return model
+
+
+@register_model
+def cast_tiny(pretrained: bool = False, **kwargs: Any) -> CAST:
+    """Ours, for CPU-scale training: cast_small's layout at half width (192, 3 heads)."""
+    return _create_cast("cast_tiny", pretrained, **dict(VARIANTS["cast_tiny"], **kwargs))
+
+
+@register_model
+def cast_small(pretrained: bool = False, **kwargs: Any) -> CAST:
+    return _create_cast("cast_small", pretrained, **dict(VARIANTS["cast_small"], **kwargs))
+
+
+@register_model
+def cast_small_deep(pretrained: bool = False, **kwargs: Any) -> CAST:
+    return _create_cast("cast_small_deep", pretrained, **dict(VARIANTS["cast_small_deep"], **kwargs))
+
+
+@register_model
+def cast_base(pretrained: bool = False, **kwargs: Any) -> CAST:
+    return _create_cast("cast_base", pretrained, **dict(VARIANTS["cast_base"], **kwargs))
+
+
+@register_model
+def cast_base_deep(pretrained: bool = False, **kwargs: Any) -> CAST:
+    return _create_cast("cast_base_deep", pretrained, **dict(VARIANTS["cast_base_deep"], **kwargs))

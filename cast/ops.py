@@ -1,0 +1,141 @@
+"""Tensor operations CAST is built from: segment means and farthest point sampling.
+
+Pure PyTorch, batched, no compiled extensions. Both functions are written to reproduce the
+published model's numerics (see ``shared/spec/CAST_FACTS.md`` §2.2 and §2.5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["segment_mean", "farthest_point_sample", "fps_reference"]
+
+
+def segment_mean(x: torch.Tensor, labels: torch.Tensor, num_segments: int | None = None) -> torch.Tensor:
+    """Average features per segment id, independently for every batch element.
+
+    Args:
+        x: float tensor ``[B, H, W, C]`` (or ``[B, L, C]``).
+        labels: long tensor ``[B, H, W]`` (or ``[B, L]``) of ids ``>= 0``.
+        num_segments: length of the segment axis; default ``labels.max() + 1`` over the batch.
+
+    Returns:
+        ``[B, S, C]`` means; an id with no member gives a zero vector.
+    """
+    B, C = x.shape[0], x.shape[-1]
+    x = x.reshape(B, -1, C)
+    labels = labels.reshape(B, -1)
+    if num_segments is None:
+        num_segments = int(labels.max()) + 1
+    index = labels.unsqueeze(-1).expand(-1, -1, C)
+    sums = x.new_zeros(B, num_segments, C).scatter_add_(1, index, x)
+    counts = x.new_zeros(B, num_segments).scatter_add_(1, labels, x.new_ones(labels.shape))
+    return sums / counts.clamp(min=1).unsqueeze(-1)
+
+
+def _exact_sq_dist(points: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distance accumulated channel by channel, in channel order.
+
+    ``points`` ``[B, N, C]``, ``centre`` ``[B, C]`` -> ``[B, N]``. A cumulative sum is a sequential
+    reduction, so the rounding matches a plain ``for c in range(C): d += diff[c] ** 2`` loop.
+    """
+    return (points - centre.unsqueeze(1)).square().cumsum(-1)[..., -1]
+
+
+def _fps_exact(points: torch.Tensor, k: int) -> torch.Tensor:
+    B, N, _ = points.shape
+    batch = torch.arange(B, device=points.device)
+    out = torch.zeros(B, k, dtype=torch.long, device=points.device)
+    dist = torch.full((B, N), float("inf"), dtype=points.dtype, device=points.device)
+    current = out[:, 0]
+    for i in range(1, k):
+        dist = torch.minimum(dist, _exact_sq_dist(points, points[batch, current]))
+        current = dist.argmax(-1)  # first maximum: ties go to the lowest index
+        out[:, i] = current
+    return out
+
+
+def _fps_fast(points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FPS on a dot-product distance matrix; also says which choices were too close to call.
+
+    ``|a|^2 + |b|^2 - 2 a.b`` rounds differently from the sequential sum; the difference is far
+    below ``tol``. A step whose runner-up lies within ``2 * tol`` of the winner could differ from
+    the exact order, so the caller recomputes those batch elements exactly (ties, duplicates).
+    On the CPU the loop runs in NumPy: its per-call overhead is a fraction of PyTorch's, and the
+    loop is ~k tiny operations.
+    """
+    B, N, C = points.shape
+    sq = points.square().sum(-1)  # [B, N]
+    dmat = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * torch.bmm(points, points.transpose(1, 2))
+    tol = 64.0 * C * torch.finfo(points.dtype).eps * sq.amax(-1).clamp(min=1.0)  # [B]
+    xp_mod, dm = (np, dmat.numpy()) if points.device.type == "cpu" else (torch, dmat)
+    out = xp_mod.zeros((B, k), dtype=xp_mod.int64)
+    history = xp_mod.empty((B, max(k - 1, 1), N), dtype=dm.dtype)
+    batch = xp_mod.arange(B)
+    dist = dm[:, 0]
+    for i in range(1, k):
+        history[:, i - 1] = dist
+        current = dist.argmax(-1)
+        out[:, i] = current
+        dist = xp_mod.minimum(dist, dm[batch, current])
+    out = torch.as_tensor(out, device=points.device)
+    if k < 2:
+        return out, torch.zeros(B, dtype=torch.bool, device=points.device)
+    if N < 2:
+        return out, torch.ones(B, dtype=torch.bool, device=points.device)
+    history = torch.as_tensor(history, device=points.device)
+    top2 = history.topk(2, dim=-1).values  # [B, k-1, 2]
+    ambiguous = (top2[..., 0] - top2[..., 1] <= 2.0 * tol.unsqueeze(-1)).any(-1)
+    return out, ambiguous
+
+
+@torch.no_grad()
+def farthest_point_sample(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Farthest point sampling, batched, starting at point 0.
+
+    Semantics (those of the published model's sampler): float64 squared Euclidean distances
+    accumulated channel by channel; each next point is the one with the largest distance to the
+    chosen set; ties go to the lowest index; when every remaining distance is zero the lowest index
+    (point 0) is returned again.
+
+    Args:
+        points: ``[B, N, C]`` float tensor (converted to float64).
+        k: number of points to draw, including the start point.
+
+    Returns:
+        long tensor ``[B, k]`` of indices into ``N``; column 0 is always 0.
+    """
+    points = points.detach().to(torch.float64)
+    out, ambiguous = _fps_fast(points, k)
+    if bool(ambiguous.any()):
+        out[ambiguous] = _fps_exact(points[ambiguous], k)
+    return out
+
+
+def fps_reference(points: list[list[list[float]]], k: int) -> list[list[int]]:
+    """Brute-force farthest point sampling in plain Python floats, for tests.
+
+    One batch element at a time, distances summed channel by channel, strict ``>`` so that ties
+    go to the lowest index. ``points`` is ``B`` lists of ``N`` points of ``C`` floats.
+    """
+    result = []
+    for cloud in points:
+        n = len(cloud)
+        chosen = [0]
+        dist = [0.0] * n
+        current = 0
+        for i in range(1, k):
+            best, best_idx = 0.0, 0
+            for j in range(n):
+                d = 0.0
+                for a, b in zip(cloud[j], cloud[current]):
+                    d += (a - b) * (a - b)
+                if i == 1 or d < dist[j]:
+                    dist[j] = d
+                if dist[j] > best:
+                    best, best_idx = dist[j], j
+            current = best_idx
+            chosen.append(current)
+        result.append(chosen)
+    return result

@@ -1,0 +1,146 @@
+"""The one table of weights we know: published checkpoints, the bundled default, and the metadata
+every loaded model carries (family, superpixel settings, input size, class names, origin)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .superpixels import SEEDS_DEIT, SEEDS_MOCO, SuperpixelSettings
+
+__all__ = [
+    "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "bundled_dir",
+    "imagenet_class_names", "default_class_names", "IMAGENET_MEAN", "IMAGENET_STD",
+]
+
+HUB_REPO = "twke/CAST"
+BUNDLED = "bundled"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ModelInfo:
+    """Metadata a loaded model carries as ``model.info``."""
+
+    name: str  # registered architecture, e.g. "cast_small"
+    family: str  # "deit" (supervised), "mocov3" (self-supervised) or "cast-explorer" (trained with train/)
+    superpixels: SuperpixelSettings = SEEDS_DEIT
+    input_size: int = 224  # images are resized (no crop) to input_size x input_size
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    class_names: list[str] | None = None  # one per head output; None without a head
+    source: str = ""  # where the weights came from (published name, path or Hub repo)
+    weights: str | None = None  # published name when loaded from the table below
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form (metrics, training run, ...)
+
+    def to_dict(self, include_class_names: bool = True) -> dict[str, Any]:
+        d = asdict(self)
+        d["superpixels"] = self.superpixels.to_dict()
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        if not include_class_names:
+            d["class_names"] = None if self.class_names is None else f"<{len(self.class_names)} names>"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+        return cls(
+            name=str(d["name"]), family=str(d.get("family", "cast-explorer")),
+            superpixels=SuperpixelSettings.from_dict(d.get("superpixels", {})),
+            input_size=int(d.get("input_size", 224)),
+            mean=tuple(d.get("mean", IMAGENET_MEAN)), std=tuple(d.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
+            class_names=list(d["class_names"]) if d.get("class_names") is not None else None,
+            source=str(d.get("source", "")), weights=d.get("weights"), extra=dict(d.get("extra", {})),
+        )
+
+    def with_(self, **changes: Any) -> "ModelInfo":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PublishedWeights:
+    """One published checkpoint of the Hub repo ``twke/CAST`` (CAST_FACTS §5)."""
+
+    name: str  # our name: "<architecture>.<training>"
+    arch: str  # registered model name
+    family: str  # "deit" or "mocov3"
+    hub_file: str  # path inside the Hub repo
+    num_classes: int  # head outputs (0 = backbone only)
+    dataset: str
+    result: str  # what the paper reports for it
+    hub_repo: str = HUB_REPO
+
+    @property
+    def pos_embed(self) -> str:
+        return "learned" if self.family == "deit" else "sincos"
+
+    @property
+    def superpixels(self) -> SuperpixelSettings:
+        return SEEDS_DEIT if self.family == "deit" else SEEDS_MOCO
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"pos_embed": self.pos_embed, "num_classes": self.num_classes}
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.arch, family=self.family, superpixels=self.superpixels,
+            class_names=imagenet_class_names() if self.num_classes == 1000 else None,
+            source=f"hf://{self.hub_repo}/{self.hub_file}", weights=self.name,
+        )
+
+
+_MOCO = "snapshots/moco/{data}/{arch}/checkpoint_{epoch:04d}.pth.tar"
+PUBLISHED: dict[str, PublishedWeights] = {
+    w.name: w
+    for w in [
+        PublishedWeights("cast_small.deit_in1k", "cast_small", "deit",
+                         "snapshots/deit/imagenet1k/cast_small/best_checkpoint.pth", 1000,
+                         "ImageNet-1k (supervised)", "80.4 % top-1"),
+        PublishedWeights("cast_small.mocov3_in1k", "cast_small", "mocov3",
+                         _MOCO.format(data="imagenet1k", arch="cast_small", epoch=99), 0,
+                         "ImageNet-1k (self-supervised)", "68.1 % linear probe"),
+        PublishedWeights("cast_small_deep.mocov3_in1k", "cast_small_deep", "mocov3",
+                         _MOCO.format(data="imagenet1k", arch="cast_small_deep", epoch=99), 0,
+                         "ImageNet-1k (self-supervised)", "69.1 % linear probe"),
+        PublishedWeights("cast_base.mocov3_in1k", "cast_base", "mocov3",
+                         _MOCO.format(data="imagenet1k", arch="cast_base", epoch=99), 0,
+                         "ImageNet-1k (self-supervised)", "72.4 % linear probe"),
+        PublishedWeights("cast_small.mocov3_coco_ep150", "cast_small", "mocov3",
+                         _MOCO.format(data="coco", arch="cast_small", epoch=149), 0,
+                         "COCO (self-supervised)", "segmentation pre-training"),
+        PublishedWeights("cast_small.mocov3_coco_ep400", "cast_small", "mocov3",
+                         _MOCO.format(data="coco", arch="cast_small", epoch=399), 0,
+                         "COCO (self-supervised)", "38.4 mIoU on VOC before fine-tuning"),
+    ]
+}
+
+
+def bundled_dir() -> Path:
+    """Folder of the bundled default model (``CAST_BUNDLED_DIR`` overrides ``assets/bundled``)."""
+    return Path(os.environ.get("CAST_BUNDLED_DIR", REPO_ROOT / "assets" / "bundled"))
+
+
+@lru_cache(maxsize=1)
+def _imagenet_names() -> tuple[str, ...]:
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    # descriptions look like "tench, Tinca tinca": keep the first, common name
+    return tuple(info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes()))
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names, from timm's ImageNet metadata."""
+    return list(_imagenet_names())
+
+
+def default_class_names(num_classes: int) -> list[str] | None:
+    if num_classes <= 0:
+        return None
+    if num_classes == 1000:
+        return imagenet_class_names()
+    return [f"class {i}" for i in range(num_classes)]
