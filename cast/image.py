@@ -70,7 +70,10 @@ def _from_pil(img: Image.Image, draft_to: int | None, name: str) -> ImageInput:
     if w < 1 or h < 1:
         raise ImageReadError(f"{name or 'image'}: empty image ({w}x{h})")
     if w * h > MAX_PIXELS:
-        raise ImageReadError(f"{name or 'image'}: {w}x{h} is {w * h / 1e6:.0f} MP, more than the {MAX_PIXELS / 1e6:.0f} MP accepted")
+        raise ImageReadError(
+            f"{name or 'image'}: refused, {w}x{h} is {w * h / 1e6:.0f} MP, more than the {MAX_PIXELS / 1e6:.0f} MP "
+            "accepted (possible decompression bomb)"
+        )
     try:
         if getattr(img, "is_animated", False):
             img.seek(0)
@@ -138,7 +141,10 @@ def read_image(src: ImageLike, draft_to: int | None = None) -> ImageInput:
             return _from_pil(img, draft_to, name)
     except UnidentifiedImageError:
         raise ImageReadError(f"{name or 'input'}: not an image file (format not recognised)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{name or 'input'}: refused, {e}") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(
+            f"{name or 'input'}: refused, the image is too large (over the {MAX_PIXELS / 1e6:.0f} MP accepted; "
+            "possible decompression bomb)"
+        ) from None
     except OSError as e:
         raise ImageReadError(f"{name or 'input'}: cannot read ({e})") from None

@@ -1,0 +1,169 @@
+"""The Predictor end to end on a tiny model: hierarchy invariants, export, odd inputs."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cast
+from cast.hierarchy import SCHEMA_NAME, SCHEMA_VERSION
+from tests.test_image import bomb_png
+
+
+def check_invariants(tree: cast.Hierarchy, width: int, height: int) -> None:
+    assert tree.size == (width, height)
+    assert len(tree.label_maps) == 4 and len(tree.parents) == 3
+    for lv, m in enumerate(tree.label_maps, start=1):
+        assert m.shape == (height, width) and m.dtype == np.uint8
+        nodes = tree.nodes_at(lv)
+        assert [n.id for n in nodes] == list(range(len(nodes)))
+        assert np.array_equal(np.unique(m), np.arange(len(nodes))), "ids are compact and all used"
+        assert sum(n.area for n in nodes) == width * height
+        counts = np.bincount(m.ravel(), minlength=len(nodes))
+        assert [n.area for n in nodes] == counts.tolist()
+        for n in nodes:
+            ys, xs = np.nonzero(m == n.id)
+            assert n.bbox == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    for lv in range(3):
+        assert np.array_equal(tree.parents[lv][tree.label_maps[lv]], tree.label_maps[lv + 1])
+        for n in tree.nodes_at(lv + 1):
+            assert n.parent == tree.parents[lv][n.id]
+            assert n.id in tree.node(lv + 2, n.parent).children
+    assert all(n.parent is None for n in tree.nodes_at(4))
+    assert tree.superpixels.shape == (height, width)
+
+
+def test_hierarchy_invariants_on_a_photo(tiny_predictor, photo):
+    tree = tiny_predictor(photo[:, :400])  # 400 x 512, not square: resized without crop
+    check_invariants(tree, 400, 512)
+    assert tree.num_segments[0] <= 16 and tree.num_segments[3] <= 2
+    assert len(tree.level_predictions) == 4 and len(tree.level_predictions[0]) == 5
+    assert abs(sum(p for _, p in tree.level_predictions[0]) - 1.0) < 1e-4  # 5 classes: top-5 is all
+    assert all(n.predictions is not None and len(n.predictions) == 5 for n in tree.nodes)
+    assert {"read", "superpixels", "forward", "readout", "total"} <= set(tree.timings)
+
+
+def test_ids_are_ordered_top_down(tiny_predictor, photo):
+    tree = tiny_predictor(photo)
+    top = tree.nodes_at(4)
+    assert [n.area for n in top] == sorted((n.area for n in top), reverse=True)
+    for lv in range(3):
+        assert list(tree.parents[lv]) == sorted(tree.parents[lv]), "children grouped by parent order"
+
+
+def test_segment_lookup_and_path(tiny_predictor, photo):
+    tree = tiny_predictor(photo)
+    x, y = 100, 300
+    fine = tree.segment_at(x, y, 1)
+    path = tree.path_to_root(1, fine)
+    assert [n.level for n in path] == [1, 2, 3, 4]
+    assert [n.id for n in path] == [tree.segment_at(x, y, lv) for lv in range(1, 5)]
+    with pytest.raises(IndexError):
+        tree.segment_at(512, 0, 1)
+
+
+def test_hierarchy_follows_the_model_readout(tiny_predictor, photo):
+    """Label maps equal the model's own CastOutput segments, relabelled."""
+    import torch
+
+    tree = tiny_predictor(photo)  # 512 x 512 -> 64 x 64 working size
+    work = tree.working_image
+    x = tiny_predictor.normalise(work[None])
+    sp = torch.from_numpy(tree.working_superpixels.astype(np.int64))[None]
+    with torch.no_grad():
+        out = tiny_predictor.model.forward_hierarchy(x, sp)
+    for lv in range(4):
+        seg = out.segments[lv][0].numpy()
+        small = tree.label_maps[lv][::8, ::8]  # nearest mapping: original pixel 8i -> working i
+        pairs = set(zip(seg.ravel().tolist(), small.ravel().tolist()))
+        assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}), "a bijection of ids"
+
+
+def test_json_schema_and_save(tiny_predictor, photo, tmp_path):
+    tree = tiny_predictor(photo)
+    d = json.loads(tree.to_json())
+    assert d["schema"] == SCHEMA_NAME and d["version"] == SCHEMA_VERSION
+    assert d["image"] == {"width": 512, "height": 512, "name": ""}
+    assert [lv["num_segments"] for lv in d["levels"]] == tree.num_segments
+    assert len(d["nodes"]) == sum(tree.num_segments)
+    assert d["nodes"][0]["key"] == "L1-0" and "class_names" not in d["model"]
+    assert len(d["superpixels"]["to_level1"]) == d["superpixels"]["count"]
+    out = tree.save(tmp_path / "tree")
+    assert json.loads((out / "hierarchy.json").read_text())["nodes"] == d["nodes"]
+    for lv in range(1, 5):
+        assert np.array_equal(np.asarray(Image.open(out / f"level{lv}.png")), tree.label_maps[lv - 1])
+    assert np.array_equal(np.asarray(Image.open(out / "superpixels.png")).astype(np.int64), tree.superpixels.astype(np.int64))
+
+
+def test_predict_segments_batched_and_cached(tiny_predictor, photo):
+    tree = tiny_predictor(photo)
+    keys = [n.key for n in tree.nodes_at(4)] + [(3, 0)]
+    got = tiny_predictor.predict_segments(tree, keys, batch_size=2)
+    assert set(got) == {n.key for n in tree.nodes_at(4)} | {"L3-0"}
+    for preds in got.values():
+        assert len(preds) == 5 and abs(sum(p for _, p in preds) - 1) < 1e-4
+    # a segment covering everything is the plain image: same answer as the level-4 top-1
+    assert tree.segment_predictions["L3-0"] == got["L3-0"]
+    with pytest.raises(KeyError):
+        tiny_predictor.predict_segments(tree, ["L4-99"])
+
+
+def test_masked_recognition_sees_only_the_segment(tiny_predictor, photo):
+    """predict_segments == the classifier on the image greyed (0.5) outside the segment."""
+    import torch
+
+    tree = tiny_predictor(photo)
+    node = tree.nodes_at(3)[0]
+    got = tiny_predictor.predict_segments(tree, [node.key])[node.key]
+    inside = (tree.label_maps[2][::8, ::8] == node.id)[..., None]  # working resolution (64 px)
+    masked = np.where(inside, tree.working_image, np.uint8(128)).astype(np.uint8)
+    sp = torch.from_numpy(tiny_predictor.compute_superpixels(masked))[None]
+    with torch.no_grad():
+        probs = tiny_predictor.model(tiny_predictor.normalise(masked[None]), sp).softmax(-1)[0]
+    best = int(probs.argmax())
+    assert got[0][0] == tree.model["class_names"][best]
+    assert abs(got[0][1] - float(probs[best])) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "I;16", "RGBA", "P", "L"])
+def test_odd_modes_end_to_end(tiny_predictor, photo, mode, tmp_path):
+    img = Image.fromarray(photo[:200, :300])
+    if mode == "I;16":
+        img = Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257))
+    else:
+        img = img.convert(mode)
+    p = tmp_path / f"img.{'jpg' if mode == 'CMYK' else 'png'}"
+    img.save(p)
+    check_invariants(tiny_predictor(p), 300, 200)
+
+
+def test_exif_rotated_photo_maps_at_corrected_size(tiny_predictor, photo, tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    p = tmp_path / "rot.jpg"
+    Image.fromarray(photo[:100, :240]).save(p, exif=exif.tobytes())
+    check_invariants(tiny_predictor(p), 100, 240)
+
+
+def test_tiny_image(tiny_predictor):
+    img = np.random.default_rng(0).integers(0, 255, (5, 3, 3), dtype=np.uint8)  # 3 x 5 px
+    tree = tiny_predictor(img)
+    check_invariants(tree, 3, 5)
+
+
+def test_large_photo_is_reduced_before_decoding(tiny_predictor, photo, tmp_path):
+    p = tmp_path / "big.jpg"
+    Image.fromarray(photo).resize((3000, 2000)).save(p, quality=80)
+    src = tiny_predictor.load(p)
+    assert src.size == (3000, 2000) and max(src.rgb.shape[:2]) < 3000  # JPEG draft decoding
+    tree = tiny_predictor(p)
+    assert tree.label_maps[0].shape == (2000, 3000) and tree.label_maps[0].dtype == np.uint8
+
+
+@pytest.mark.parametrize("payload,match", [(b"GIF89a broken", "not an image"), (bomb_png(), "too large")])
+def test_hostile_files_give_clear_errors(tiny_predictor, tmp_path, payload, match):
+    p = tmp_path / "bad.png"
+    p.write_bytes(payload)
+    with pytest.raises(cast.ImageReadError, match=match):
+        tiny_predictor(p)
