@@ -244,7 +244,9 @@ def _read_config(path: str) -> dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
         raise CheckpointFormatError(f"{path}: not a {FORMAT_NAME} config (missing \"format\": \"{FORMAT_NAME}\")")
     if int(config.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointFormatError(f"{path}: format version {config['format_version']} is newer than this library reads ({FORMAT_VERSION})")
+        raise CheckpointFormatError(
+            f"{path}: format version {config['format_version']} is newer than this library reads ({FORMAT_VERSION})"
+        )
     return config
 
 
@@ -281,7 +283,9 @@ def load_own_format(model_id: str | os.PathLike[str], *, revision: str | None = 
     except RuntimeError as e:  # size mismatch
         raise CheckpointMismatchError(f"{weights_file} does not fit {arch}: {_first_line(str(e))}") from None
     if missing or unexpected:
-        raise CheckpointMismatchError(f"{weights_file} does not fit {arch}: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}")
+        raise CheckpointMismatchError(
+            f"{weights_file} does not fit {arch}: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+        )
     info = ModelInfo.from_dict({**config.get("info", {}), "name": arch})
     info = info.with_(source=source or model_id, **info_over)
     if info.class_names is not None and len(info.class_names) != model.num_classes:

@@ -25,7 +25,7 @@ __all__ = ["ImageInput", "read_image", "to_rgb_array", "MAX_PIXELS"]
 # more than this is refused before any decoding (decompression-bomb protection).
 MAX_PIXELS = int(os.environ.get("CAST_MAX_PIXELS", 150_000_000))
 
-ImageLike = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
+ImageLike = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias)
 
 
 @dataclass

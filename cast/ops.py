@@ -28,10 +28,12 @@ def segment_mean(x: torch.Tensor, labels: torch.Tensor, num_segments: int | None
     labels = labels.reshape(B, -1)
     if num_segments is None:
         num_segments = int(labels.max()) + 1
-    index = labels.unsqueeze(-1).expand(-1, -1, C)
-    sums = x.new_zeros(B, num_segments, C).scatter_add_(1, index, x)
-    counts = x.new_zeros(B, num_segments).scatter_add_(1, labels, x.new_ones(labels.shape))
-    return sums / counts.clamp(min=1).unsqueeze(-1)
+    # one flat index over (batch, segment); index_add_ accumulates in input order like
+    # scatter_add_ but runs several times faster on the CPU
+    flat = (labels + torch.arange(B, device=labels.device).unsqueeze(1) * num_segments).reshape(-1)
+    sums = x.new_zeros(B * num_segments, C).index_add_(0, flat, x.reshape(-1, C))
+    counts = x.new_zeros(B * num_segments).index_add_(0, flat, x.new_ones(flat.shape[0]))
+    return (sums / counts.clamp(min=1).unsqueeze(-1)).view(B, num_segments, C)
 
 
 def _exact_sq_dist(points: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ class SuperpixelSettings:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SuperpixelSettings":
+    def from_dict(cls, d: dict[str, Any]) -> SuperpixelSettings:
         return cls(method=str(d.get("method", "seeds")), n_segments=int(d.get("n_segments", 196)),
                    params=dict(d.get("params", {})))
 

@@ -47,7 +47,7 @@ class ModelInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+    def from_dict(cls, d: dict[str, Any]) -> ModelInfo:
         return cls(
             name=str(d["name"]), family=str(d.get("family", "cast-explorer")),
             superpixels=SuperpixelSettings.from_dict(d.get("superpixels", {})),
@@ -57,7 +57,7 @@ class ModelInfo:
             source=str(d.get("source", "")), weights=d.get("weights"), extra=dict(d.get("extra", {})),
         )
 
-    def with_(self, **changes: Any) -> "ModelInfo":
+    def with_(self, **changes: Any) -> ModelInfo:
         return replace(self, **changes)
 
 

@@ -130,7 +130,7 @@ def test_masked_recognition_sees_only_the_segment(tiny_predictor, photo):
 def test_odd_modes_end_to_end(tiny_predictor, photo, mode, tmp_path):
     img = Image.fromarray(photo[:200, :300])
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257))
+        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)
     else:
         img = img.convert(mode)
     p = tmp_path / f"img.{'jpg' if mode == 'CMYK' else 'png'}"

@@ -12,8 +12,9 @@ State-dict keys and shapes equal those of the published checkpoints
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn as nn
@@ -61,7 +62,8 @@ class ConvStem(nn.Module):
         self.proj = nn.Sequential(*layers)  # keys proj.{0,1,3,4,6,7,9,10,12}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)
+        # channels-last convolutions are faster on CPU and GPU, and make the permute free
+        return self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
 
 
 class CentroidBlock(nn.Module):
@@ -190,7 +192,13 @@ class CastOutput:
     features: torch.Tensor  # [B, C] final [CLS] feature (after ``norm``)
 
 
-class CAST(nn.Module, PyTorchModelHubMixin, library_name="cast-explorer", tags=["image-classification", "image-segmentation", "cast"], repo_url="https://github.com/twke18/CAST"):
+class CAST(
+    nn.Module,
+    PyTorchModelHubMixin,
+    library_name="cast-explorer",
+    tags=["image-classification", "image-segmentation", "cast"],
+    repo_url="https://github.com/twke18/CAST",
+):
     """CAST: ViT blocks over superpixel tokens, with graph pooling after each of 4 stages.
 
     Inputs: ``images`` ``[B, 3, H, W]`` normalised with ImageNet mean/std, and ``superpixels``
@@ -311,9 +319,8 @@ class CAST(nn.Module, PyTorchModelHubMixin, library_name="cast-explorer", tags=[
         grid_labels = F.interpolate(superpixels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
         num_segments = int(superpixels.max()) + 1
         tokens = segment_mean(x, grid_labels, num_segments)
-        counts = torch.zeros(B, num_segments, device=x.device).scatter_add_(
-            1, grid_labels.reshape(B, -1), torch.ones(B, h * w, device=x.device)
-        )
+        counts = torch.zeros(B, num_segments, device=x.device)
+        counts.scatter_add_(1, grid_labels.reshape(B, -1), torch.ones(B, h * w, device=x.device))
         padding = counts <= 0.5
         if self.pos_embed_type == "sincos":
             grid_pos, cls_pos = self.pos_embed, self.pe_token
@@ -405,7 +412,7 @@ class CAST(nn.Module, PyTorchModelHubMixin, library_name="cast-explorer", tags=[
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
-                         local_files_only: bool, token: Any, config: dict | None = None, **model_kwargs: Any) -> "CAST":
+                         local_files_only: bool, token: Any, config: dict | None = None, **model_kwargs: Any) -> CAST:
         from ..hub import load_own_format
 
         return load_own_format(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
@@ -458,7 +465,8 @@ def checkpoint_filter_fn(obj: Any, model: CAST | None = None) -> dict[str, torch
         if unexpected:
             parts.append(f"unexpected {_short(unexpected)}")
         if wrong_shape:
-            parts.append("wrong shape " + _short([f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape]))
+            shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape]
+            parts.append("wrong shape " + _short(shapes))
         raise CheckpointMismatchError("checkpoint does not fit the model: " + "; ".join(parts))
     return sd
 
