@@ -73,9 +73,9 @@ def forward_comparison(repeats: int) -> dict:
     vit = timm.create_model("vit_small_patch16_224").eval()
     cast_ms, vit_ms = [], []
     with torch.inference_mode():
-        for _ in range(3):  # interleave so that machine noise hits both alike
-            cast_ms.append(median_ms(lambda: model(x, sp), repeats // 3))
-            vit_ms.append(median_ms(lambda: vit(x), repeats // 3))
+        for _ in range(6):  # interleave so that machine noise hits both alike
+            cast_ms.append(median_ms(lambda: model(x, sp), max(3, repeats // 6)))
+            vit_ms.append(median_ms(lambda: vit(x), max(3, repeats // 6)))
         # share of farthest point sampling inside the forward
         import cast.models.cast as cm
 
@@ -106,6 +106,7 @@ def forward_comparison(repeats: int) -> dict:
         "cast_small_ms": round(c, 2),
         "vit_small_patch16_224_ms": round(v, 2),
         "ratio_cast_over_vit": round(c / v, 3),
+        "ratio_per_round": [round(a / b, 3) for a, b in zip(cast_ms, vit_ms)],
         "fps_share_of_forward": round(spent[0] / total, 4),
         "fps_ms_per_forward": round(1000 * spent[0] / n, 2),
     }

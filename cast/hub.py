@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,8 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Weights only load failed" in msg:
-            detail = _first_line_with(msg, "GLOBAL") or _first_line_with(msg, "Unsupported") or "unsupported content"
+        if "Weights only load failed" in msg and (_first_line_with(msg, "GLOBAL") or _pickle_wants_code(path)):
+            detail = _first_line_with(msg, "GLOBAL") or "the pickle imports or calls objects"
             raise UnsafeCheckpointError(
                 f"{path.name}: refused to load; the pickle asks for more than tensors and plain data "
                 f"({detail}). Nothing from the file was executed."
@@ -80,6 +81,23 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         raise CheckpointFormatError(
             f"{path.name}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(str(e))})"
         ) from None
+
+
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _pickle_wants_code(path: Path) -> bool:
+    """Whether a plain (non-zip) pickle references callables. Only parses opcodes; runs nothing."""
+    import pickletools
+
+    if zipfile.is_zipfile(path):
+        return False  # zip checkpoints name their globals in torch's message already
+    try:
+        with open(path, "rb") as f:
+            names = {op.name for op, _, _ in pickletools.genops(f)}  # the whole stream must parse
+    except Exception:  # not a pickle at all
+        return False
+    return bool(names & _CODE_OPCODES)
 
 
 def _first_line(msg: str) -> str:

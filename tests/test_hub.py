@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -83,10 +84,21 @@ def test_malicious_pickle_from_the_hub_is_refused(tmp_path):
 
 
 def test_corrupt_and_foreign_files(tmp_path):
-    junk = tmp_path / "junk.pth"
-    junk.write_bytes(os.urandom(2048))
-    with pytest.raises(cast.CheckpointFormatError, match="junk.pth"):
-        cast.load_model(junk)
+    rng = np.random.default_rng(0)
+    for i in range(20):  # random bytes, some of which start like a pickle
+        junk = tmp_path / f"junk{i}.pth"
+        junk.write_bytes((b"\x80\x04" if i % 2 else b"") + rng.integers(0, 256, 2048, dtype=np.uint8).tobytes())
+        with pytest.raises(cast.CheckpointFormatError, match=f"junk{i}.pth"):
+            cast.load_model(junk)
+    plain = tmp_path / "plain.pth"
+    plain.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))  # safe data, not torch's format
+    with pytest.raises(cast.CheckpointFormatError):
+        cast.load_model(plain)
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"w": torch.zeros(1000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:1500])
+    with pytest.raises(cast.CheckpointFormatError, match="truncated.pth"):
+        cast.load_model(truncated)
     foreign = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 512)}, foreign)
     with pytest.raises(cast.CastLoadError, match="resnet.pth"):
