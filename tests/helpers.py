@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "official_state_dict_keys.json"
+# a copy of shared/spec/official_state_dict_keys.json: the published key layouts
+SPEC = Path(__file__).resolve().parent / "data" / "official_state_dict_keys.json"
 
 TINY_ARGS = dict(img_size=64, embed_dim=48, depths=(1, 1, 1, 1), num_heads=2, num_clusters=(16, 8, 4, 2), num_classes=5)
 TINY_CLASSES = ["circle", "square", "triangle", "star", "ring"]
