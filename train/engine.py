@@ -1,0 +1,351 @@
+"""The one training loop, for every objective, from one CPU process to a torchrun GPU cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+
+import cast
+
+from . import distributed as D
+from .checkpoint import find_resume, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig, config_to_dict
+from .data.build import Datasets, build_datasets, build_loader
+from .data.views import sample_seed
+from .objectives import MoCoV3, Supervised, encode, knn_top1
+
+__all__ = ["Trainer", "build_model", "fit"]
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    """CAST (any registered ``cast_*``) or a timm ViT baseline at the configured input size."""
+    import timm
+
+    kwargs = dict(cfg.model.kwargs)
+    kwargs.setdefault("img_size", cfg.data.image_size)
+    n = num_classes if cfg.objective == "supervised" else 0
+    if cfg.model.name in cast.MODEL_NAMES:
+        kwargs.setdefault("pos_embed", "learned" if cfg.objective == "supervised" else "sincos")
+    return timm.create_model(cfg.model.name, num_classes=n, **kwargs)
+
+
+def model_kwargs(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
+    """Arguments that rebuild ``model`` with ``timm.create_model(cfg.model.name, **kwargs)``."""
+    if isinstance(model, cast.CAST):
+        return dict(model.model_args)
+    return {**cfg.model.kwargs, "img_size": cfg.data.image_size, "num_classes": getattr(model, "num_classes", 0)}
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig`; :meth:`fit` runs the loop."""
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None) -> None:
+        self.cfg = cfg
+        self.dist = D.setup(cfg.run.device)
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        _seed_all(cfg.run.seed + self.dist.rank)
+        self.device = self.dist.device
+        self.run_dir = Path(cfg.run.out_dir) / (cfg.run.name or "run")
+        self.data: Datasets = build_datasets(cfg)
+        self.num_classes = len(self.data.class_names)
+        self.model = build_model(cfg, self.num_classes)
+        if cfg.objective == "supervised":
+            a = cfg.aug
+            self.objective: nn.Module = Supervised(self.model, self.num_classes, a.mixup, a.cutmix, a.mix_prob, a.label_smoothing)
+        else:
+            m = cfg.moco
+            self.objective = MoCoV3(self.model, m.dim, m.mlp_dim, m.temperature, m.momentum)
+        cuda = self.device.type == "cuda"
+        if cuda and self.dist.distributed:
+            self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
+            self.model = self.objective.model  # type: ignore[assignment]
+        self.objective.to(self.device)
+        if cuda and cfg.run.channels_last:
+            self.objective.to(memory_format=torch.channels_last)
+        self.wrapped: nn.Module = self.objective
+        if self.dist.distributed:
+            self.wrapped = DistributedDataParallel(self.objective, device_ids=[self.dist.local_rank] if cuda else None)
+
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.loader = build_loader(self.data.train, cfg.run.batch_size, train=True, seed=cfg.run.seed,
+                                   world_size=self.dist.world_size, rank=self.dist.rank,
+                                   num_workers=cfg.data.num_workers, pin_memory=cuda)
+        if len(self.loader) < cfg.optim.accum_steps:
+            raise ValueError(f"{len(self.loader)} batches per epoch is fewer than optim.accum_steps={cfg.optim.accum_steps}")
+        self.steps_per_epoch = len(self.loader) // cfg.optim.accum_steps
+        self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
+        self.global_batch = cfg.run.batch_size * self.dist.world_size * cfg.optim.accum_steps
+        self.lr = cfg.optim.base_lr * self.global_batch / cfg.optim.lr_batch
+        self.optimizer, self.scheduler = self._optimizer()
+        self.ema = None
+        if cfg.run.ema:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.run.ema_decay)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best_metric = -math.inf
+        self.history: list[dict[str, Any]] = []
+        self.writer = None
+        ckpt = find_resume(resume, self.run_dir)
+        if ckpt is not None:
+            self._restore(ckpt)
+
+    # -- setup helpers ---------------------------------------------------------------------
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.cfg.run.amp
+        if amp == "none" or (amp == "auto" and self.device.type != "cuda"):
+            return None
+        if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
+
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import CosineLRScheduler
+
+        o, s = self.cfg.optim, self.cfg.schedule
+        optimizer = create_optimizer_v2(self.objective, opt=o.opt, lr=self.lr, weight_decay=o.weight_decay,
+                                        betas=tuple(o.betas))
+        scheduler = CosineLRScheduler(
+            optimizer, t_initial=self.total_steps, lr_min=s.min_lr, warmup_t=s.warmup_epochs * self.steps_per_epoch,
+            warmup_lr_init=s.warmup_lr, t_in_epochs=False,
+        )
+        return optimizer, scheduler
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
+            "best_metric": self.best_metric, "history": self.history,
+            "rng": rng_state(),
+            "config": config_to_dict(self.cfg),
+            "model_name": self.cfg.model.name,
+            "model_kwargs": model_kwargs(self.model, self.cfg),
+            "class_names": self.data.class_names,
+        }
+
+    def save(self, name: str) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.state(), self.run_dir / f"{name}.pt")
+
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        self.objective.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema") is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+        self.best_metric = ckpt["best_metric"]
+        self.history = list(ckpt.get("history", []))
+        set_rng_state(ckpt["rng"])
+        self._log_line({"event": "resume", "from": str(path), "step": self.step, "epoch": self.epoch})
+
+    # -- logging ---------------------------------------------------------------------------
+    def _log_line(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    # -- the loop --------------------------------------------------------------------------
+    def _to_device(self, batch: list[Any]) -> tuple[Any, ...]:
+        out = []
+        for x in batch:
+            if isinstance(x, torch.Tensor):
+                x = x.to(self.device, non_blocking=True)
+                if x.dim() == 4 and self.device.type == "cuda" and self.cfg.run.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+            out.append(x)
+        return tuple(out)
+
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.run_dir / "tb"))
+            self._log_line({"event": "start", "world_size": self.dist.world_size, "global_batch": self.global_batch,
+                            "lr": self.lr, "steps_per_epoch": self.steps_per_epoch, "device": str(self.device)})
+        accum = cfg.optim.accum_steps
+        stop = False
+        try:
+            while self.epoch < cfg.schedule.epochs and not stop:
+                stop = self._train_epoch(accum)
+                if stop:
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                metrics = self.validate() if cfg.run.eval else {}
+                record = {"event": "epoch", "epoch": self.epoch, "step": self.step, **metrics}
+                self.history.append(record)
+                self._log_line(record)
+                for k, v in metrics.items():
+                    self._scalar(f"val/{k}", v, self.step)
+                metric = metrics.get("top1", metrics.get("knn_top1"))
+                if metric is not None and metric > self.best_metric:
+                    self.best_metric = metric
+                    self.save("best")
+                self.save("last")
+                D.barrier()
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return {"run_dir": str(self.run_dir), "step": self.step, "epoch": self.epoch, "best_metric": self.best_metric,
+                "history": self.history}
+
+    def _train_epoch(self, accum: int) -> bool:
+        """One epoch (or its remainder after a resume); True when ``max_steps`` stopped the run."""
+        cfg = self.cfg
+        self.data.train.set_epoch(self.epoch)
+        sampler = self.loader.sampler
+        sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
+        start = self.batch_in_epoch
+        sampler.skip = start * cfg.run.batch_size  # type: ignore[attr-defined]
+        self.objective.train()
+        n_batches = self.steps_per_epoch * accum
+        bar = None
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n_batches, initial=start, desc=f"epoch {self.epoch + 1}/{cfg.schedule.epochs}",
+                       unit="batch", dynamic_ncols=True, leave=False)
+        losses: list[float] = []
+        t_log, seen = time.perf_counter(), 0
+        it = iter(self.loader)
+        for b in range(start, n_batches):
+            batch = self._to_device(next(it))
+            last_micro = (b % accum) == accum - 1
+            # dropout, drop-path and mixup draw from these: seeded per (run, rank, batch) so a
+            # resumed run repeats exactly what the uninterrupted one would have done
+            _seed_all(sample_seed(cfg.run.seed + 7919 * self.dist.rank, self.epoch, b))
+            if isinstance(self.objective, MoCoV3):
+                self.objective.set_momentum(self.step / max(self.total_steps, 1))
+            sync = contextlib.nullcontext()
+            if self.dist.distributed and not last_micro:
+                sync = self.wrapped.no_sync()  # type: ignore[operator]
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                    out = self.wrapped(batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the learning rate")
+                self.scaler.scale(loss / accum).backward()
+            losses.append(float(loss.detach()))
+            seen += batch[0].shape[0] * self.dist.world_size
+            if bar is not None:
+                bar.update(1)
+            if not last_micro:
+                continue
+            if cfg.optim.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad], cfg.optim.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            self.batch_in_epoch = b + 1
+            self.scheduler.step_update(self.step)
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.step)
+            step_loss = float(np.mean(losses[-accum:]))
+            if self.dist.distributed:
+                step_loss = D.all_reduce_sum([step_loss], self.device)[0] / self.dist.world_size
+            lr = self.optimizer.param_groups[0]["lr"]
+            if self.step % max(cfg.run.log_every, 1) == 0 or self.step == 1:
+                now = time.perf_counter()
+                img_s = seen / max(now - t_log, 1e-9)
+                t_log, seen = now, 0
+                self._log_line({"step": self.step, "epoch": self.epoch, "loss": step_loss, "lr": lr, "img_s": img_s})
+                self._scalar("train/loss", step_loss, self.step)
+                self._scalar("train/lr", lr, self.step)
+                self._scalar("train/img_s", img_s, self.step)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
+            if cfg.run.save_every_steps and self.step % cfg.run.save_every_steps == 0:
+                self.save("last")
+            if cfg.run.max_steps and self.step >= cfg.run.max_steps:
+                self.save("last")
+                if bar is not None:
+                    bar.close()
+                return True
+        if bar is not None:
+            bar.close()
+        return False
+
+    # -- validation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.data.val is None:
+            return {}
+        self.objective.eval()
+        if self.cfg.objective == "supervised":
+            loader = build_loader(self.data.val, self.cfg.run.batch_size, train=False, seed=0,
+                                  world_size=self.dist.world_size, rank=self.dist.rank,
+                                  num_workers=self.cfg.data.num_workers, pin_memory=False)
+            correct = total = 0.0
+            for batch in loader:
+                x, sp, y = self._to_device(batch)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                    logits = encode(self.model, x, sp)
+                correct += float((logits.argmax(1) == y).sum())
+                total += float(y.numel())
+            correct, total = D.all_reduce_sum([correct, total], self.device)
+            return {"top1": correct / max(total, 1.0)}
+        result: dict[str, float] = {}
+        if self.dist.is_main and self.data.knn_bank is not None:
+            feats = {}
+            for name, ds in (("bank", self.data.knn_bank), ("val", self.data.val)):
+                loader = build_loader(ds, self.cfg.run.batch_size, train=False, seed=0, world_size=1, rank=0,
+                                      num_workers=self.cfg.data.num_workers, pin_memory=False)
+                fs, ys = [], []
+                for batch in loader:
+                    x, sp, y = self._to_device(batch)
+                    fs.append(encode(self.model, x, sp).float().cpu())
+                    ys.append(y.cpu())
+                feats[name] = (torch.cat(fs), torch.cat(ys))
+            m = self.cfg.moco
+            result["knn_top1"] = knn_top1(*feats["bank"], *feats["val"], self.num_classes, m.knn_k, m.knn_t)
+        value = D.all_reduce_sum([result.get("knn_top1", 0.0)], self.device)[0] if self.dist.distributed else result.get("knn_top1")
+        return {"knn_top1": float(value)} if value is not None else {}
+
+
+def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:
+    trainer = Trainer(cfg, resume=resume)
+    try:
+        return trainer.fit()
+    finally:
+        D.teardown()

@@ -1,0 +1,114 @@
+"""Export a training run to our model format (``config.json`` + ``model.safetensors`` + model card),
+which :func:`cast.load_model` reads; optionally push it to the Hugging Face Hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cast
+from cast.hub import save_own_format
+from cast.superpixels import SuperpixelSettings
+from cast.weights import ModelInfo
+
+from .checkpoint import load_checkpoint
+from .config import config_from_dict
+
+__all__ = ["export_run", "ExportError", "model_card"]
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def _pick_checkpoint(run_dir: Path, which: str) -> Path:
+    for name in ([which] if which != "best" else ["best", "last"]):
+        p = run_dir / f"{name}.pt"
+        if p.is_file():
+            return p
+    raise ExportError(f"{run_dir}: no {which}.pt (is this a training run folder?)")
+
+
+def model_card(info: ModelInfo, metrics: dict[str, Any], cfg: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    sp = info.superpixels
+    return f"""---
+library_name: cast-explorer
+tags:
+- cast
+- image-classification
+- image-segmentation
+pipeline_tag: image-classification
+---
+
+# {info.name} ({cfg.get("objective", "")}, {cfg.get("data", {}).get("dataset", "")})
+
+A CAST model (Ke, Mo, Yu, ICLR 2024: superpixel tokens, graph pooling into a part-to-whole
+hierarchy) trained with CAST Explorer's `train` package.
+
+| setting | value |
+|---|---|
+| architecture | `{info.name}` |
+| objective | {cfg.get("objective", "")} |
+| input size | {info.input_size} x {info.input_size} (whole image resized, no crop) |
+| superpixels | {sp.method}, {sp.n_segments} segments, {sp.params} |
+| classes | {len(info.class_names) if info.class_names else "none (backbone)"} |
+| epochs | {cfg.get("schedule", {}).get("epochs", "")} |
+
+## Metrics
+
+| metric | value |
+|---|---|
+{rows or "| (none) | |"}
+
+## Use
+
+```python
+import cast
+predictor = cast.Predictor("path/or/repo-id")
+tree = predictor("photo.jpg")
+```
+"""
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", use_ema: bool = False,
+               push_to_hub: str | None = None, private: bool = False) -> Path:
+    """Write the run's model in our format to ``out_dir``; returns ``out_dir``."""
+    import timm
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    ckpt = load_checkpoint(_pick_checkpoint(run_dir, which))
+    cfg = config_from_dict(ckpt["config"])
+    name = ckpt["model_name"]
+    if name not in cast.MODEL_NAMES:
+        raise ExportError(f"{name} is not a CAST model; only CAST runs export to the cast-explorer format")
+    model = timm.create_model(name, **ckpt["model_kwargs"])
+    if use_ema:
+        if not ckpt.get("ema"):
+            raise ExportError("this run kept no EMA weights (run.ema was false)")
+        state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}
+    else:
+        state = {k[len("model."):]: v for k, v in ckpt["model"].items() if k.startswith("model.")}
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    sp = cfg.data.superpixels
+    metrics = {k: v for rec in ckpt.get("history", []) for k, v in rec.items() if k in ("top1", "knn_top1")}
+    metrics.update({"epochs_trained": ckpt["epoch"], "steps": ckpt["step"]})
+    if ckpt.get("best_metric") not in (None, float("-inf")):
+        metrics["best_val_metric"] = float(ckpt["best_metric"])
+    model.info = ModelInfo(
+        name=name, family="cast-explorer", superpixels=SuperpixelSettings(sp.method, sp.n_segments, dict(sp.params)),
+        input_size=cfg.data.image_size, class_names=list(ckpt["class_names"]) if model.num_classes > 0 else None,
+        source=str(out_dir), extra={"objective": cfg.objective, "dataset": cfg.data.dataset, "metrics": metrics,
+                                    "run": run_dir.name},
+    )
+    save_own_format(model, out_dir)
+    (out_dir / "README.md").write_text(model_card(model.info, metrics, ckpt["config"]))
+    if push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(push_to_hub, private=private, exist_ok=True)
+        api.upload_folder(repo_id=push_to_hub, folder_path=str(out_dir), commit_message=f"Export {run_dir.name}")
+    return out_dir
+
