@@ -76,7 +76,7 @@ def test_one_cpu_step_of_each_objective(tmp_path, config, extra):
         # the key encoder gets no gradient: after one step (its EMA update ran before the step,
         # when both encoders were equal) it still holds the initial weights
         momentum = trainer.objective.momentum_model.state_dict()
-        assert all(torch.equal(momentum[k], v) for k, v in before.items() if "running" not in k)
+        assert all(torch.allclose(momentum[k], v, rtol=1e-5, atol=1e-7) for k, v in before.items() if "running" not in k)
         assert all(not p.requires_grad for p in trainer.objective.momentum_model.parameters())
 
 
