@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pickle
 import warnings
@@ -116,15 +117,24 @@ def _first_line_with(msg: str, needle: str) -> str | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def build_model(arch: str, **kwargs: Any) -> CAST:
-    """Create a registered CAST variant (through timm's registry) with random weights."""
+def build_model(arch: str, **kwargs: Any) -> torch.nn.Module:
+    """Create a registered architecture with random weights: a CAST variant (through timm's
+    registry), a MoCo-v3 conv-stem ViT baseline (``vit_conv_small`` / ``vit_conv_base``) or a timm
+    ViT baseline (``vit_*``)."""
     import timm
 
-    if arch not in VARIANTS:
-        raise WeightsNotAvailableError(f"unknown architecture {arch!r}; known: {', '.join(VARIANTS)}")
-    model = timm.create_model(arch, **kwargs)
-    assert isinstance(model, CAST)
-    return model
+    from .baselines import VIT_VARIANTS, ConvStemViT
+
+    if arch in VARIANTS:
+        return timm.create_model(arch, **kwargs)
+    if arch in VIT_VARIANTS:
+        return ConvStemViT(**{**VIT_VARIANTS[arch], **kwargs})
+    if arch.startswith("vit_") and timm.is_model(arch):
+        model = timm.create_model(arch, **kwargs)
+        model.model_args = dict(kwargs)  # type: ignore[attr-defined]
+        return model
+    raise WeightsNotAvailableError(f"unknown architecture {arch!r}; known: {', '.join(VARIANTS)}, "
+                                   f"{', '.join(VIT_VARIANTS)} and timm vit_* baselines")
 
 
 def _arch_for(args: dict[str, Any]) -> str | None:
@@ -178,6 +188,9 @@ def _download(repo_id: str, filename: str, revision: str | None, cache_dir: Any 
 def _load_published_file(path: str | os.PathLike[str], source: str, model_overrides: dict[str, Any],
                          base_info: ModelInfo | None = None) -> CAST:
     obj = safe_torch_load(path)
+    sd0 = checkpoint_filter_fn(obj) if isinstance(obj, dict) else {}
+    if sd0 and not any(k.startswith("pool1.") for k in sd0) and "cls_token" in sd0:
+        return _load_vit_file(sd0, path, source, model_overrides, base_info)
     try:
         sd = checkpoint_filter_fn(obj)
         args = infer_model_args(sd)
@@ -198,6 +211,30 @@ def _load_published_file(path: str | os.PathLike[str], source: str, model_overri
         input_size=args["img_size"], class_names=default_class_names(model.num_classes), source=source,
     )
     return _finish(model, info, None)
+
+
+def _load_vit_file(sd: dict[str, torch.Tensor], path: Any, source: str, model_overrides: dict[str, Any],
+                   base_info: ModelInfo | None) -> torch.nn.Module:
+    """A MoCo-v3 conv-stem ViT baseline file (no graph pooling keys)."""
+    from .baselines import VIT_VARIANTS
+
+    width = int(sd["cls_token"].shape[-1])
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    arch = next((n for n, v in VIT_VARIANTS.items() if v["embed_dim"] == width and v["depth"] == depth), None)
+    if arch is None or "patch_embed.proj.12.weight" not in sd:
+        raise CheckpointMismatchError(f"{Path(path).name}: neither a CAST nor a conv-stem ViT checkpoint")
+    grid = sd["pos_embed"].shape[1] - 1
+    num_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
+    extra = {k: v for k, v in model_overrides.items() if k not in ("pos_embed", "num_classes", "img_size")}
+    model = build_model(arch, img_size=int(round(math.sqrt(grid))) * 16, num_classes=num_classes, **extra)
+    expected = model.state_dict()
+    bad = sorted(set(expected) ^ set(sd)) + sorted(k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)
+    if bad:
+        raise CheckpointMismatchError(f"{Path(path).name} does not fit {arch}: {bad[:8]}")
+    model.load_state_dict(sd, strict=True)
+    info = base_info or ModelInfo(name=arch, family="mocov3", superpixels=SEEDS_MOCO, source=source,
+                                  class_names=default_class_names(num_classes))
+    return _finish(model, info, None)  # type: ignore[arg-type]
 
 
 def load_published_into(model: CAST, variant: str, revision: str | None = None) -> CAST:
@@ -222,13 +259,13 @@ def load_published_into(model: CAST, variant: str, revision: str | None = None) 
 # ---------------------------------------------------------------------------------------------
 
 
-def own_format_config(model: CAST) -> dict[str, Any]:
-    info: ModelInfo = getattr(model, "info", None) or default_info(model)
+def own_format_config(model: torch.nn.Module) -> dict[str, Any]:
+    info: ModelInfo = getattr(model, "info", None) or default_info(model)  # type: ignore[arg-type]
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "architecture": info.name,
-        "model_args": dict(model.model_args),
+        "model_args": dict(model.model_args),  # type: ignore[arg-type]
         "info": info.to_dict(),
     }
 
@@ -243,14 +280,28 @@ def default_info(model: CAST, source: str = "") -> ModelInfo:
     )
 
 
-def save_own_format(model: CAST, directory: str | os.PathLike[str]) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed)."""
+def save_own_format(model: torch.nn.Module, directory: str | os.PathLike[str], dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point weights at that precision, halving the
+    file; loading casts them back to the model's float32 parameters.
+    """
+    import copy
+
     from safetensors.torch import save_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(directory / WEIGHTS_NAME))
-    (directory / CONFIG_NAME).write_text(json.dumps(own_format_config(model), indent=2) + "\n")
+    to_save = model
+    if dtype is not None:
+        to_save = copy.deepcopy(model)
+        for t in list(to_save.parameters()) + list(to_save.buffers()):
+            if t.is_floating_point():
+                t.data = t.data.to(dtype)
+    save_model(to_save, str(directory / WEIGHTS_NAME))
+    config = own_format_config(model)
+    config["weights_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return directory
 
 

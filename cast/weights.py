@@ -109,6 +109,14 @@ PUBLISHED: dict[str, PublishedWeights] = {
         PublishedWeights("cast_base.mocov3_in1k", "cast_base", "mocov3",
                          _MOCO.format(data="imagenet1k", arch="cast_base", epoch=99), 0,
                          "ImageNet-1k (self-supervised)", "72.4 % linear probe"),
+        # MoCo-v3 conv-stem ViT baselines of the paper (the file name inside the folder is assumed
+        # to follow the CAST files' pattern)
+        PublishedWeights("vit_conv_small.mocov3_in1k", "vit_conv_small", "mocov3",
+                         _MOCO.format(data="imagenet1k", arch="vit_small", epoch=99), 0,
+                         "ImageNet-1k (self-supervised)", "67.9 % linear probe (ViT baseline)"),
+        PublishedWeights("vit_conv_base.mocov3_in1k", "vit_conv_base", "mocov3",
+                         _MOCO.format(data="imagenet1k", arch="vit_base", epoch=99), 0,
+                         "ImageNet-1k (self-supervised)", "72.5 % linear probe (ViT baseline)"),
         PublishedWeights("cast_small.mocov3_coco_ep150", "cast_small", "mocov3",
                          _MOCO.format(data="coco", arch="cast_small", epoch=149), 0,
                          "COCO (self-supervised)", "segmentation pre-training"),

@@ -43,11 +43,42 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         out = export_run(args.run_dir, args.out, which=args.which, use_ema=args.ema, push_to_hub=args.push_to_hub,
-                         private=args.private)
+                         private=args.private, half=args.half)
     except (ExportError, CastError, FileNotFoundError) as e:
         print(f"export failed: {e}", file=sys.stderr)
         return 1
     print(f"exported {args.run_dir} -> {out}" + (f" (pushed to {args.push_to_hub})" if args.push_to_hub else ""))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cast import CastError
+
+    from .evaluate import evaluate, format_table, load_eval_data
+
+    try:
+        data = load_eval_data(args.data, n=args.n, image_size=args.image_size)
+        ref = load_eval_data(args.ref, n=args.ref_n, image_size=args.image_size) if args.ref else None
+        result = evaluate(args.model, data, model_label_n=args.model_label_n, ref=ref, ref_n=args.ref_n)
+    except (CastError, FileNotFoundError) as e:
+        print(f"evaluate failed: {e}", file=sys.stderr)
+        return 1
+    print(format_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = args.name or Path(str(args.model)).name
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out / (name + '.json')}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    write_report(args.results, args.readme, args.figures, data=args.data, models=args.gallery_models)
     return 0
 
 
@@ -77,7 +108,28 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--ema", action="store_true", help="export the EMA weights")
     e.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     e.add_argument("--private", action="store_true")
+    e.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
     e.set_defaults(func=cmd_export)
+
+    ev = sub.add_parser("evaluate", help="hierarchical part/object segmentation metrics of a model")
+    ev.add_argument("--model", required=True, help="anything cast.load_model accepts (CAST or a ViT baseline)")
+    ev.add_argument("--data", default="partshapes:test", help="partshapes:SPLIT[:N] or a folder in the export layout")
+    ev.add_argument("--n", type=int, default=None, help="images to evaluate (default: all / 500 rendered)")
+    ev.add_argument("--image-size", type=int, default=160, help="PartShapes rendering size")
+    ev.add_argument("--model-label-n", type=int, default=50, help="images for protocol (ii), model labelling")
+    ev.add_argument("--ref", default="partshapes:train", help="reference split for part prototypes ('' to skip)")
+    ev.add_argument("--ref-n", type=int, default=100)
+    ev.add_argument("--out", default=None, help="folder for the JSON results")
+    ev.add_argument("--name", default=None, help="results file name (default: model folder name)")
+    ev.set_defaults(func=cmd_evaluate)
+
+    rp = sub.add_parser("report", help="results table and figures into README's Results section")
+    rp.add_argument("--results", default="benchmarks/results/eval", help="folder of evaluate JSON files")
+    rp.add_argument("--readme", default="README.md")
+    rp.add_argument("--figures", default="docs/figures")
+    rp.add_argument("--data", default="partshapes:test")
+    rp.add_argument("--gallery-models", nargs="*", default=None, help="model sources for the gallery figure")
+    rp.set_defaults(func=cmd_report)
 
     ps = sub.add_parser("partshapes", help="the synthetic PartShapes dataset")
     ps_sub = ps.add_subparsers(dest="partshapes_command", required=True)

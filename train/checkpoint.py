@@ -9,10 +9,9 @@ so it loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 from typing import Any
-
-import random
 
 import numpy as np
 import torch

@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import cast
-from cast.hub import save_own_format
+from cast.hub import build_model, save_own_format
 from cast.superpixels import SuperpixelSettings
 from cast.weights import ModelInfo
 
@@ -72,17 +74,16 @@ tree = predictor("photo.jpg")
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", use_ema: bool = False,
-               push_to_hub: str | None = None, private: bool = False) -> Path:
+               push_to_hub: str | None = None, private: bool = False, half: bool = False) -> Path:
     """Write the run's model in our format to ``out_dir``; returns ``out_dir``."""
-    import timm
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     ckpt = load_checkpoint(_pick_checkpoint(run_dir, which))
     cfg = config_from_dict(ckpt["config"])
     name = ckpt["model_name"]
-    if name not in cast.MODEL_NAMES:
-        raise ExportError(f"{name} is not a CAST model; only CAST runs export to the cast-explorer format")
-    model = timm.create_model(name, **ckpt["model_kwargs"])
+    try:
+        model = build_model(name, **ckpt["model_kwargs"])  # CAST, or a ViT baseline
+    except cast.WeightsNotAvailableError as e:
+        raise ExportError(str(e)) from None
     if use_ema:
         if not ckpt.get("ema"):
             raise ExportError("this run kept no EMA weights (run.ema was false)")
@@ -96,13 +97,15 @@ def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", us
     metrics.update({"epochs_trained": ckpt["epoch"], "steps": ckpt["step"]})
     if ckpt.get("best_metric") not in (None, float("-inf")):
         metrics["best_val_metric"] = float(ckpt["best_metric"])
+    model.model_args = dict(ckpt["model_kwargs"])  # type: ignore[assignment]
     model.info = ModelInfo(
         name=name, family="cast-explorer", superpixels=SuperpixelSettings(sp.method, sp.n_segments, dict(sp.params)),
-        input_size=cfg.data.image_size, class_names=list(ckpt["class_names"]) if model.num_classes > 0 else None,
+        input_size=cfg.data.image_size,
+        class_names=list(ckpt["class_names"]) if getattr(model, "num_classes", 0) > 0 else None,
         source=str(out_dir), extra={"objective": cfg.objective, "dataset": cfg.data.dataset, "metrics": metrics,
                                     "run": run_dir.name},
     )
-    save_own_format(model, out_dir)
+    save_own_format(model, out_dir, dtype=torch.float16 if half else None)
     (out_dir / "README.md").write_text(model_card(model.info, metrics, ckpt["config"]))
     if push_to_hub:
         from huggingface_hub import HfApi

@@ -1,0 +1,297 @@
+"""Hierarchical part/object segmentation evaluation of CAST and of the ViT + k-means baseline.
+
+``python -m train evaluate --model SOURCE --data partshapes:test [--out DIR]``
+
+Per level 1 (finest) .. 4 (coarsest):
+- **part / object mIoU, oracle labelling** (protocol i): every predicted segment takes the
+  ground-truth label covering most of its pixels; mIoU of one image = mean IoU over the classes
+  present in ground truth or prediction; averaged over images. Measures how well segments align
+  with true parts / objects, independently of any classifier.
+- **part / object mIoU, model labelling** (protocol ii, as in the paper, which used CLIP): every
+  segment is shown to the model alone (everything else grey). *Objects*: a segment belongs to the
+  object if the masked-segment probability of the class predicted for the whole image is >= 0.5,
+  and takes that class; otherwise background. *Parts*: a segment given to the object is labelled
+  with the nearest part prototype (cosine, the model's own [CLS] features of ground-truth parts
+  shown alone, from a reference split) among the parts of the predicted class. Needs a
+  classification head.
+- **hierarchy consistency**: share of segments lying >= 95 % inside the object or the background.
+- **boundary F-score** (2 px tolerance) against ground-truth part boundaries.
+Plus top-1 accuracy, GMACs per image and segmentation throughput (images/s, end to end).
+
+``DATASET`` is ``partshapes:SPLIT[:N]`` (rendered) or a folder in the export layout
+(``images/<class>/*.png``, ``part_masks/<class>/*.png``, ``object_masks/<class>/*.png``,
+optional ``meta.json``), e.g. PartImageNet converted to it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+import cast
+from cast.baselines import ViTKMeansSegmenter
+from cast.hierarchy import Hierarchy
+
+from .metrics import boundary_f, consistency, miou, oracle_labels
+
+__all__ = ["EvalData", "load_eval_data", "make_segmenter", "evaluate", "masked_segments"]
+
+LEVELS = (1, 2, 3, 4)
+GREY = 128
+
+
+@dataclass
+class EvalData:
+    name: str
+    classes: list[str]
+    part_class: list[int]  # class index owning each global part id (-1: background)
+    samples: Any  # sequence of (image [H,W,3] uint8, label, object_mask, part_mask)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class _Rendered:
+    def __init__(self, split: str, n: int, image_size: int) -> None:
+        self.split, self.n, self.image_size = split, n, image_size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        from .data.partshapes import render
+
+        s = render(i, self.split, image_size=self.image_size)
+        return s.image, s.label, s.object_mask, s.part_mask
+
+
+class _Folder:
+    def __init__(self, root: Path, n: int | None) -> None:
+        self.root = root
+        self.items = sorted((root / "images").glob("*/*.png")) + sorted((root / "images").glob("*/*.jpg"))
+        self.classes = sorted(p.name for p in (root / "images").iterdir() if p.is_dir())
+        if n:
+            step = max(len(self.items) / n, 1.0)
+            self.items = [self.items[int(i * step)] for i in range(min(n, len(self.items)))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        p = self.items[i]
+        cls, stem = p.parent.name, p.stem
+        image = np.asarray(Image.open(p).convert("RGB"))
+        part = np.asarray(Image.open(self.root / "part_masks" / cls / f"{stem}.png"))
+        obj_path = self.root / "object_masks" / cls / f"{stem}.png"
+        obj = np.asarray(Image.open(obj_path)) if obj_path.is_file() else (part > 0).astype(np.uint8)
+        return image, self.classes.index(cls), obj, part
+
+
+def load_eval_data(spec: str, n: int | None = None, image_size: int = 160) -> EvalData:
+    """``partshapes:SPLIT[:N]`` or a folder in the export layout."""
+    if spec.startswith("partshapes"):
+        from .data.partshapes import CLASSES, PART_CLASS
+
+        parts = spec.split(":")
+        split = parts[1] if len(parts) > 1 else "test"
+        count = int(parts[2]) if len(parts) > 2 else (n or 500)
+        return EvalData(f"partshapes:{split}", list(CLASSES), list(PART_CLASS), _Rendered(split, n or count, image_size))
+    root = Path(spec)
+    if not (root / "images").is_dir():
+        raise FileNotFoundError(f"{spec}: expected partshapes:SPLIT or a folder with images/ and part_masks/")
+    folder = _Folder(root, n)
+    meta = json.loads((root / "meta.json").read_text()) if (root / "meta.json").is_file() else {}
+    part_class = meta.get("part_class") or [-1] + [-2] * 255  # unknown ownership: any part allowed
+    return EvalData(str(root), meta.get("classes", folder.classes), list(part_class), folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmenters: one interface for CAST (Predictor) and the ViT + k-means baseline
+# ---------------------------------------------------------------------------------------------
+
+
+class _CastSegmenter:
+    def __init__(self, model: cast.CAST) -> None:
+        self.predictor = cast.Predictor(model)
+        self.model = model
+        self.info = self.predictor.info
+        self.has_head = self.predictor.has_head
+        self.input_size = self.predictor.input_size
+
+    def segment(self, image: np.ndarray) -> Hierarchy:
+        return self.predictor(image)
+
+    @torch.inference_mode()
+    def classify_embed(self, images: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        p = self.predictor
+        sp = torch.from_numpy(np.stack([p.compute_superpixels(im) for im in images]))
+        feats = self.model.forward_head(self.model.forward_features(p.normalise(images), sp), pre_logits=True)
+        probs = self.model.head(feats).float().softmax(-1).numpy() if self.has_head else None
+        return probs, feats.float().numpy()
+
+    def flop_inputs(self) -> tuple[torch.Tensor, ...]:
+        s = self.input_size
+        img = np.zeros((s, s, 3), np.uint8)
+        img[:, : s // 2] = 200
+        sp = self.predictor.compute_superpixels(np.asarray(Image.fromarray(img)))
+        return torch.randn(1, 3, s, s), torch.from_numpy(sp)[None]
+
+
+class _VitSegmenter:
+    def __init__(self, model: torch.nn.Module, info: cast.ModelInfo) -> None:
+        self.seg = ViTKMeansSegmenter(model, info)
+        self.model, self.info, self.has_head, self.input_size = model, info, self.seg.has_head, info.input_size
+
+    def segment(self, image: np.ndarray) -> Hierarchy:
+        return self.seg(image)
+
+    @torch.inference_mode()
+    def classify_embed(self, images: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        tokens = self.model.forward_features(self.seg.normalise(images))
+        feats = tokens[:, 0]
+        probs = self.model.head(feats).float().softmax(-1).numpy() if self.has_head else None
+        return probs, feats.float().numpy()
+
+    def flop_inputs(self) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(1, 3, self.input_size, self.input_size),)
+
+
+def make_segmenter(source: str) -> _CastSegmenter | _VitSegmenter:
+    model = cast.load_model(source)
+    if isinstance(model, cast.CAST):
+        return _CastSegmenter(model)
+    return _VitSegmenter(model, model.info)  # type: ignore[arg-type]
+
+
+def masked_segments(tree: Hierarchy, level: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each level-``level`` segment alone (grey elsewhere) at the working resolution:
+    ``[n, S, S, 3]`` uint8 images and their ``[n]`` ids."""
+    maps = tree.superpixel_to_level1[tree.working_superpixels.astype(np.int64)]
+    for p in tree.parents[: level - 1]:
+        maps = np.where(maps >= 0, p[np.maximum(maps, 0)], -1)
+    ids = np.array([n.id for n in tree.nodes_at(level)])
+    imgs = np.where((maps[None] == ids[:, None, None])[..., None], tree.working_image[None], np.uint8(GREY))
+    return imgs.astype(np.uint8), ids
+
+
+def _batched(seg: Any, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray | None, np.ndarray]:
+    probs, feats = [], []
+    for i in range(0, len(images), batch):
+        p, f = seg.classify_embed(images[i:i + batch])
+        feats.append(f)
+        if p is not None:
+            probs.append(p)
+    return (np.concatenate(probs) if probs else None), np.concatenate(feats)
+
+
+def part_prototypes(seg: Any, ref: EvalData, n: int) -> dict[int, np.ndarray]:
+    """Mean L2-normalised [CLS] feature of each ground-truth part shown alone (reference images)."""
+    s = seg.input_size
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for i in range(min(n, len(ref))):
+        image, _, _, part = ref.samples[i]
+        work = np.asarray(Image.fromarray(image).resize((s, s), Image.Resampling.BILINEAR))
+        part_w = np.asarray(Image.fromarray(part).resize((s, s), Image.Resampling.NEAREST))
+        ids = [int(k) for k in np.unique(part_w) if k > 0]
+        if not ids:
+            continue
+        imgs = np.stack([np.where((part_w == k)[..., None], work, np.uint8(GREY)) for k in ids]).astype(np.uint8)
+        _, feats = seg.classify_embed(imgs)
+        feats = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-12)
+        for k, f in zip(ids, feats):
+            sums[k] = sums.get(k, 0) + f
+            counts[k] = counts.get(k, 0) + 1
+    return {k: v / np.linalg.norm(v).clip(1e-12) for k, v in sums.items()}
+
+
+def _model_labels(seg: Any, tree: Hierarchy, level: int, predicted: int, protos: dict[int, np.ndarray],
+                  part_class: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Protocol (ii): object and part label of every level-``level`` segment -> label maps."""
+    imgs, ids = masked_segments(tree, level)
+    probs, feats = _batched(seg, imgs)
+    assert probs is not None
+    is_obj = probs[:, predicted] >= 0.5
+    allowed = [k for k, c in enumerate(part_class) if k > 0 and (c == predicted or c == -2) and k in protos]
+    obj_lut = np.zeros(int(ids.max()) + 1, np.int64)
+    part_lut = np.zeros(int(ids.max()) + 1, np.int64)
+    obj_lut[ids[is_obj]] = predicted + 1
+    if allowed and is_obj.any():
+        P = np.stack([protos[k] for k in allowed])
+        f = feats[is_obj] / np.linalg.norm(feats[is_obj], axis=1, keepdims=True).clip(1e-12)
+        part_lut[ids[is_obj]] = np.array(allowed)[(f @ P.T).argmax(1)]
+    m = tree.label_maps[level - 1]
+    return obj_lut[m], part_lut[m]
+
+
+def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData | None = None,
+             ref_n: int = 100, progress: bool = True) -> dict[str, Any]:
+    """Run every metric; returns a JSON-ready dict (per-level means and model facts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from tqdm import tqdm
+
+    seg = make_segmenter(source)
+    use_model = seg.has_head and model_label_n > 0
+    protos = part_prototypes(seg, ref, ref_n) if use_model and ref is not None else {}
+    acc: dict[str, dict[int, list[float]]] = {}
+
+    def add(metric: str, level: int, value: float) -> None:
+        acc.setdefault(metric, {}).setdefault(level, []).append(value)
+
+    correct, counted, seg_time = 0, 0, 0.0
+    bar = tqdm(range(len(data)), desc=f"evaluate {Path(str(source)).name}", unit="img", disable=not progress)
+    for i in bar:
+        image, label, obj, part = data.samples[i]
+        t = time.perf_counter()
+        tree = seg.segment(image)
+        seg_time += time.perf_counter() - t
+        gt_obj = np.where(obj > 0, label + 1, 0)
+        predicted = None
+        if tree.level_predictions is not None:
+            names = seg.info.class_names
+            predicted = names.index(tree.level_predictions[3][0][0])
+            correct += int(predicted == label)
+            counted += 1
+        for lv in LEVELS:
+            m = tree.label_maps[lv - 1]
+            add("num_segments", lv, float(len(tree.nodes_at(lv))))
+            add("part_miou_oracle", lv, miou(oracle_labels(m, part), part))
+            add("object_miou_oracle", lv, miou(oracle_labels(m, gt_obj), gt_obj))
+            add("consistency", lv, consistency(m, obj))
+            add("boundary_f", lv, boundary_f(m, part))
+            if use_model and predicted is not None and i < model_label_n:
+                obj_pred, part_pred = _model_labels(seg, tree, lv, predicted, protos, data.part_class)
+                add("object_miou_model", lv, miou(obj_pred, gt_obj))
+                add("part_miou_model", lv, miou(part_pred, part))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        inputs = seg.flop_inputs()
+        seg.model(*inputs)
+    levels = {str(lv): {k: float(np.mean(v[lv])) for k, v in acc.items() if lv in v} for lv in LEVELS}
+    return {
+        "model": str(source), "architecture": seg.info.name, "data": data.name, "images": len(data),
+        "model_label_images": min(model_label_n, len(data)) if use_model else 0,
+        "top1": correct / counted if counted else None,
+        "gmacs": counter.get_total_flops() / 2e9,
+        "images_per_s": len(data) / seg_time if seg_time else None,
+        "levels": levels,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    cols = ["num_segments", "object_miou_oracle", "part_miou_oracle", "object_miou_model", "part_miou_model",
+            "consistency", "boundary_f"]
+    head = "| level | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
+    rows = []
+    for lv, vals in result["levels"].items():
+        rows.append(f"| {lv} | " + " | ".join(f"{vals[c]:.3f}" if c in vals else "–" for c in cols) + " |")
+    top1 = "n/a" if result["top1"] is None else f"{result['top1']:.3f}"
+    return (f"{result['architecture']} on {result['data']} ({result['images']} images): top-1 {top1}, "
+            f"{result['gmacs']:.3f} GMACs, {result['images_per_s']:.1f} images/s\n\n" + head + "\n".join(rows))
+
