@@ -47,7 +47,12 @@ class Predictor:
     def __init__(self, model: CAST | str = "bundled", device: str | torch.device | None = None,
                  superpixels: SuperpixelSettings | None = None, top_k: int = 5) -> None:
         if not isinstance(model, CAST):
-            model = load_model(model, device=device)
+            model = load_model(model, device=device)  # type: ignore[assignment]
+            if not isinstance(model, CAST):
+                from .errors import CastLoadError
+
+                raise CastLoadError(f"{type(model).__name__} is not a CAST model; segment ViT baselines with "
+                                    "cast.baselines.ViTKMeansSegmenter")
         elif device is not None:
             model = model.to(device)
         self.model = model.eval()
