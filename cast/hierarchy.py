@@ -154,6 +154,22 @@ class Hierarchy:
             raise ValueError(f"level must be 1..{NUM_LEVELS}, got {level}")
         return int(self.label_maps[level - 1][y, x])
 
+    def working_label_map(self, level: int) -> np.ndarray:
+        """``[h, w]`` int64 ids of level ``level`` at the working (model input) resolution, composed
+        from the superpixels (-1 where a superpixel is not visible at the original resolution)."""
+        m = self.superpixel_to_level1[self.working_superpixels.astype(np.int64)]
+        for p in self.parents[: level - 1]:
+            m = np.where(m >= 0, p[np.maximum(m, 0)], -1)
+        return m
+
+    def masked_images(self, level: int, node_ids: Sequence[int], grey: int = 128) -> np.ndarray:
+        """The working image with everything outside each segment set to ``grey``:
+        ``[len(node_ids), h, w, 3]`` uint8 (the input of masked-segment recognition)."""
+        m = self.working_label_map(level)
+        ids = np.asarray(node_ids, dtype=np.int64)
+        inside = m[None] == ids[:, None, None]
+        return np.where(inside[..., None], self.working_image[None], np.uint8(grey)).astype(np.uint8)
+
     def path_to_root(self, level: int, node_id: int) -> list[Node]:
         """The node and its ancestors up to level 4, finest first."""
         path = [self.node(level, node_id)]

@@ -147,13 +147,6 @@ class Predictor:
             raise ValueError("this model has no classification head; segment recognition needs one")
         keys = [node_key(*parse_node_key(k)) for k in node_ids]
         todo = [k for k in dict.fromkeys(keys) if k not in hierarchy.segment_predictions]
-        img = hierarchy.working_image
-        h, w = hierarchy.working_superpixels.shape
-        # label maps at the working resolution: compose superpixel -> level 1 -> ... -> level l
-        level_maps = [hierarchy.superpixel_to_level1[hierarchy.working_superpixels.astype(np.int64)]]
-        for p in hierarchy.parents:
-            level_maps.append(np.where(level_maps[-1] >= 0, p[np.maximum(level_maps[-1], 0)], -1))
-        grey = np.uint8(round(MASK_GREY * 255))
         names = self.info.class_names
         assert names is not None
         for start in range(0, len(todo), batch_size):
@@ -162,7 +155,7 @@ class Predictor:
             for k in chunk:
                 level, node_id = parse_node_key(k)
                 hierarchy.node(level, node_id)  # raises KeyError for unknown nodes
-                masked = np.where((level_maps[level - 1] == node_id)[..., None], img, grey).astype(np.uint8)
+                masked = hierarchy.masked_images(level, [node_id], grey=round(MASK_GREY * 255))[0]
                 images.append(masked)
                 sps.append(self.compute_superpixels(masked))
             x = self.normalise(np.stack(images))

@@ -173,12 +173,8 @@ def make_segmenter(source: str) -> _CastSegmenter | _VitSegmenter:
 def masked_segments(tree: Hierarchy, level: int) -> tuple[np.ndarray, np.ndarray]:
     """Each level-``level`` segment alone (grey elsewhere) at the working resolution:
     ``[n, S, S, 3]`` uint8 images and their ``[n]`` ids."""
-    maps = tree.superpixel_to_level1[tree.working_superpixels.astype(np.int64)]
-    for p in tree.parents[: level - 1]:
-        maps = np.where(maps >= 0, p[np.maximum(maps, 0)], -1)
     ids = np.array([n.id for n in tree.nodes_at(level)])
-    imgs = np.where((maps[None] == ids[:, None, None])[..., None], tree.working_image[None], np.uint8(GREY))
-    return imgs.astype(np.uint8), ids
+    return tree.masked_images(level, ids, grey=GREY), ids
 
 
 def _batched(seg: Any, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray | None, np.ndarray]:
