@@ -11,6 +11,7 @@ State-dict keys and shapes equal those of the published checkpoints
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -255,7 +256,8 @@ class CAST(
             self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_cells, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
 
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        n_blocks = sum(depths)
+        dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # stochastic depth ramp
         self.blocks = nn.Sequential(
             *[
                 Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_layer=_layer_norm)
@@ -264,7 +266,7 @@ class CAST(
         )
         # Stage views share the modules of ``blocks``; slicing keeps the global indices, which is
         # how the published files name them (``blocks2.3`` is ``blocks.3``).
-        ends = torch.tensor(depths).cumsum(0).tolist()
+        ends = list(itertools.accumulate(depths))
         starts = [0] + ends[:-1]
         self.blocks1, self.blocks2, self.blocks3, self.blocks4 = (self.blocks[s:e] for s, e in zip(starts, ends))
         self.pool1, self.pool2, self.pool3, self.pool4 = (
