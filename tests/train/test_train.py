@@ -202,3 +202,22 @@ def test_export_then_load_model_gives_identical_outputs(tmp_path):
     assert "library_name: cast-explorer" in card and "cast_tiny" in card
     tree = cast.Predictor(loaded)(ROOT / "assets" / "examples" / "chelsea.jpg")
     assert tree.size == (451, 300)
+
+
+def test_accumulation_ema_and_ema_export(tmp_path):
+    from train.engine import Trainer
+
+    cfg = tiny_cfg("partshapes_cast_tiny.yaml", tmp_path, "optim.accum_steps=2", "run.ema=true", "run.ema_decay=0.5",
+                   "run.eval=false", "schedule.epochs=1", "optim.clip_grad=0.5")
+    trainer = Trainer(cfg)
+    assert trainer.steps_per_epoch == 3 and trainer.global_batch == 16  # 6 batches of 8, two per step
+    summary = trainer.fit()
+    assert summary["step"] == 3
+    ckpt = torch.load(trainer.run_dir / "last.pt", weights_only=True)
+    ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items()}
+    raw = {k[6:]: v for k, v in ckpt["model"].items() if k.startswith("model.")}
+    assert not torch.equal(ema["head.weight"], raw["head.weight"]), "EMA weights trail the raw weights"
+    r = run_train("export", str(trainer.run_dir), "--out", str(tmp_path / "ema"), "--which", "last", "--ema")
+    assert r.returncode == 0, r.stderr
+    loaded = cast.load_model(tmp_path / "ema")
+    assert torch.equal(loaded.state_dict()["head.weight"], ema["head.weight"])
