@@ -74,7 +74,10 @@ def _base_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None, list[str]
 
 
 def build_datasets(cfg: TrainConfig) -> Datasets:
-    settings = superpixel_settings(cfg)
+    import cast
+
+    # superpixels are only computed for models that read them (CAST), not for the ViT baseline
+    settings = superpixel_settings(cfg) if cfg.model.name in cast.MODEL_NAMES else None
     size = cfg.data.image_size
     train_base, val_base, classes = _base_datasets(cfg)
     if cfg.objective == "moco":

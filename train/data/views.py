@@ -33,11 +33,13 @@ class SuperpixelView:
     """PIL image -> ``(image [3, S, S] float normalised, superpixels [S, S] long)``."""
 
     def __init__(self, pre: Callable[[Image.Image], Image.Image], post: Callable[[Image.Image], torch.Tensor],
-                 superpixels: SuperpixelSettings) -> None:
+                 superpixels: SuperpixelSettings | None) -> None:
         self.pre, self.post, self.superpixels = pre, post, superpixels
 
     def __call__(self, img: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
         aug = self.pre(img.convert("RGB"))
+        if self.superpixels is None:  # models without superpixel input (the ViT baseline)
+            return self.post(aug), torch.zeros(aug.size[::-1], dtype=torch.long)
         sp = self.superpixels(np.asarray(aug))
         return self.post(aug), torch.from_numpy(sp)
 
@@ -74,7 +76,7 @@ def _normalise() -> Callable[[Image.Image], torch.Tensor]:
     return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def supervised_train_view(size: int, aug: Any, superpixels: SuperpixelSettings) -> SuperpixelView:
+def supervised_train_view(size: int, aug: Any, superpixels: SuperpixelSettings | None) -> SuperpixelView:
     """DeiT recipe through timm's transform factory: RandomResizedCrop, flip, RandAugment; random
     erasing (if any) after the superpixels, on the normalised tensor."""
     from timm.data import create_transform
@@ -86,7 +88,7 @@ def supervised_train_view(size: int, aug: Any, superpixels: SuperpixelSettings) 
     return SuperpixelView(T.Compose([primary, secondary]), final, superpixels)
 
 
-def eval_view(size: int, superpixels: SuperpixelSettings) -> SuperpixelView:
+def eval_view(size: int, superpixels: SuperpixelSettings | None) -> SuperpixelView:
     """Whole image resized to ``size`` x ``size`` (no crop), as the Predictor does."""
     return SuperpixelView(T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR), _normalise(), superpixels)
 
@@ -104,7 +106,7 @@ class _Blur:
         return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
 
 
-def moco_views(size: int, aug: Any, superpixels: SuperpixelSettings) -> list[SuperpixelView]:
+def moco_views(size: int, aug: Any, superpixels: SuperpixelSettings | None) -> list[SuperpixelView]:
     """The two asymmetric MoCo-v3 views (BYOL augmentations), each with its own superpixels."""
     sigma_scale = size / 224.0  # blur radius relative to the image size of the recipe
 
