@@ -32,18 +32,13 @@ def convert_official_state_dict(obj: object) -> dict:
     """State dict for :class:`CAST` from whatever ``torch.load`` returned for a published file
     (MoCo-v3 dict, DeiT dict or bare state dict). The model it fits is rebuilt from the keys, and
     any key that does not fit raises :class:`CheckpointMismatchError` naming it."""
-    from .hub import _arch_for, build_model
-    from .models.cast import infer_model_args
+    from .hub import cast_for_state_dict
 
     sd = checkpoint_filter_fn(obj)
     try:
-        args = infer_model_args(sd)
-    except (KeyError, IndexError) as e:
-        raise CheckpointMismatchError(f"not a CAST state dict: no {e} entry") from None
-    arch = _arch_for(args)
-    if arch is None:
-        raise CheckpointMismatchError(f"width {args['embed_dim']} / depths {args['depths']} match no registered variant")
-    model = build_model(arch, pos_embed=args["pos_embed"], num_classes=args["num_classes"], img_size=args["img_size"])
+        model, _ = cast_for_state_dict(sd, "state dict")
+    except CheckpointFormatError as e:
+        raise CheckpointMismatchError(str(e)) from None
     return checkpoint_filter_fn(sd, model)
 
 

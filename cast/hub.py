@@ -185,29 +185,39 @@ def _download(repo_id: str, filename: str, revision: str | None, cache_dir: Any 
 # ---------------------------------------------------------------------------------------------
 
 
+def cast_for_state_dict(sd: dict[str, torch.Tensor], name: str = "checkpoint",
+                        model_overrides: dict[str, Any] | None = None) -> tuple[CAST, dict[str, Any]]:
+    """Build (random weights) the registered CAST variant that a converted state dict fits, and
+    return it with the architecture read from the keys (width, depths, family, input size, head)."""
+    try:
+        args = infer_model_args(sd)
+    except (KeyError, IndexError, AttributeError) as e:
+        raise CheckpointFormatError(f"{name}: not a CAST checkpoint (no {e} entry)") from None
+    arch = _arch_for(args)
+    if arch is None:
+        raise CheckpointMismatchError(
+            f"{name}: width {args['embed_dim']} with depths {args['depths']} is none of the "
+            f"registered variants ({', '.join(VARIANTS)})"
+        )
+    kwargs = {"pos_embed": args["pos_embed"], "num_classes": args["num_classes"], "img_size": args["img_size"],
+              **(model_overrides or {})}
+    return build_model(arch, **kwargs), {**args, "arch": arch}  # type: ignore[return-value]
+
+
 def _load_published_file(path: str | os.PathLike[str], source: str, model_overrides: dict[str, Any],
                          base_info: ModelInfo | None = None) -> CAST:
     obj = safe_torch_load(path)
-    sd0 = checkpoint_filter_fn(obj) if isinstance(obj, dict) else {}
-    if sd0 and not any(k.startswith("pool1.") for k in sd0) and "cls_token" in sd0:
-        return _load_vit_file(sd0, path, source, model_overrides, base_info)
     try:
         sd = checkpoint_filter_fn(obj)
-        args = infer_model_args(sd)
-    except (KeyError, IndexError, AttributeError) as e:
-        raise CheckpointFormatError(f"{Path(path).name}: not a CAST checkpoint (no {e} entry)") from None
-    arch = _arch_for(args)
-    kwargs = {"pos_embed": args["pos_embed"], "num_classes": args["num_classes"], "img_size": args["img_size"], **model_overrides}
-    if arch is None:
-        raise CheckpointMismatchError(
-            f"{Path(path).name}: width {args['embed_dim']} with depths {args['depths']} is none of the "
-            f"registered variants ({', '.join(VARIANTS)})"
-        )
-    model = build_model(arch, **kwargs)
+    except CheckpointMismatchError as e:
+        raise CheckpointFormatError(f"{Path(path).name}: {e}") from None
+    if sd and not any(k.startswith("pool1.") for k in sd) and "cls_token" in sd:
+        return _load_vit_file(sd, path, source, model_overrides, base_info)
+    model, args = cast_for_state_dict(sd, Path(path).name, model_overrides)
     model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
     family = "mocov3" if args["pos_embed"] == "sincos" else "deit"
     info = base_info or ModelInfo(
-        name=arch, family=family, superpixels=SEEDS_MOCO if family == "mocov3" else SEEDS_DEIT,
+        name=args["arch"], family=family, superpixels=SEEDS_MOCO if family == "mocov3" else SEEDS_DEIT,
         input_size=args["img_size"], class_names=default_class_names(model.num_classes), source=source,
     )
     return _finish(model, info, None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["segment_mean", "farthest_point_sample", "fps_reference"]
+__all__ = ["segment_mean", "farthest_point_sample"]
 
 
 def segment_mean(x: torch.Tensor, labels: torch.Tensor, num_segments: int | None = None) -> torch.Tensor:
@@ -114,30 +114,3 @@ def farthest_point_sample(points: torch.Tensor, k: int) -> torch.Tensor:
         out[ambiguous] = _fps_exact(points[ambiguous], k)
     return out
 
-
-def fps_reference(points: list[list[list[float]]], k: int) -> list[list[int]]:
-    """Brute-force farthest point sampling in plain Python floats, for tests.
-
-    One batch element at a time, distances summed channel by channel, strict ``>`` so that ties
-    go to the lowest index. ``points`` is ``B`` lists of ``N`` points of ``C`` floats.
-    """
-    result = []
-    for cloud in points:
-        n = len(cloud)
-        chosen = [0]
-        dist = [0.0] * n
-        current = 0
-        for i in range(1, k):
-            best, best_idx = 0.0, 0
-            for j in range(n):
-                d = 0.0
-                for a, b in zip(cloud[j], cloud[current]):
-                    d += (a - b) * (a - b)
-                if i == 1 or d < dist[j]:
-                    dist[j] = d
-                if dist[j] > best:
-                    best, best_idx = dist[j], j
-            current = best_idx
-            chosen.append(current)
-        result.append(chosen)
-    return result

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 import torch
@@ -165,7 +164,4 @@ class Predictor:
                 idx = np.argsort(-p, kind="stable")[: self.top_k]
                 hierarchy.segment_predictions[k] = [(names[i], float(p[i])) for i in idx]
         return {k: hierarchy.segment_predictions[k] for k in keys}
-
-    def describe(self) -> dict[str, Any]:
-        return self.info.to_dict(include_class_names=False)
 

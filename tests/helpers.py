@@ -91,3 +91,31 @@ def populate_hub_cache(cache: Path, repo_id: str, files: dict[str, Path], commit
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
     return commit
+
+
+def fps_reference(points: list[list[list[float]]], k: int) -> list[list[int]]:
+    """Brute-force farthest point sampling in plain Python floats (the published sampler's loop).
+
+    One batch element at a time, distances summed channel by channel, strict ``>`` so that ties
+    go to the lowest index. ``points`` is ``B`` lists of ``N`` points of ``C`` floats.
+    """
+    result = []
+    for cloud in points:
+        n = len(cloud)
+        chosen = [0]
+        dist = [0.0] * n
+        current = 0
+        for i in range(1, k):
+            best, best_idx = 0.0, 0
+            for j in range(n):
+                d = 0.0
+                for a, b in zip(cloud[j], cloud[current]):
+                    d += (a - b) * (a - b)
+                if i == 1 or d < dist[j]:
+                    dist[j] = d
+                if dist[j] > best:
+                    best, best_idx = dist[j], j
+            current = best_idx
+            chosen.append(current)
+        result.append(chosen)
+    return result

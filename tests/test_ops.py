@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from cast.ops import farthest_point_sample, fps_reference, segment_mean
+from cast.ops import farthest_point_sample, segment_mean
+from tests.helpers import fps_reference
 
 
 @pytest.mark.parametrize("seed", range(6))
