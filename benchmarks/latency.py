@@ -125,6 +125,10 @@ def model_costs() -> dict:
         m = timm.create_model(name, num_classes=1000).eval()
         out[name] = {"params_M": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
                      "gmacs_224": round(gmacs(m, x, sp), 3), "superpixels": int(sp.max()) + 1}
+    for name in cast.MODEL_NAMES:  # parameters of every variant (1000-class head), built without memory
+        with torch.device("meta"):
+            m = timm.create_model(name, num_classes=1000)
+        out.setdefault(name, {})["params_M"] = round(sum(p.numel() for p in m.parameters()) / 1e6, 2)
     for name in ("vit_tiny_patch16_224", "vit_small_patch16_224"):
         m = timm.create_model(name).eval()
         out[name] = {"params_M": round(sum(p.numel() for p in m.parameters()) / 1e6, 2), "gmacs_224": round(gmacs(m, x), 3)}
@@ -203,6 +207,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "latency.json"))
+    parser.add_argument("--only", default=None, help="run one step (forward, costs, superpixels, ...) and update --out in place")
     parser.add_argument("--child-big", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -217,6 +222,10 @@ def main() -> None:
     steps = [("forward", lambda: forward_comparison(args.repeats)), ("costs", model_costs),
              ("superpixels", lambda: superpixel_costs(args.repeats)), ("predictor_1024x768", lambda: predictor_cost(args.repeats)),
              ("predictor_24mp", lambda: big_photo_cost(args.threads))]
+    if args.only:
+        steps = [(n, f) for n, f in steps if n == args.only]
+        if Path(args.out).is_file():
+            results = {**json.loads(Path(args.out).read_text()), "machine": results["machine"]}
     for name, fn in steps:
         print(f"[latency] {name} ...", file=sys.stderr, flush=True)
         results[name] = fn()

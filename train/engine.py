@@ -202,6 +202,7 @@ class Trainer:
                             "lr": self.lr, "steps_per_epoch": self.steps_per_epoch, "device": str(self.device)})
         accum = cfg.optim.accum_steps
         stop = False
+        t_start = time.perf_counter()
         try:
             while self.epoch < cfg.schedule.epochs and not stop:
                 stop = self._train_epoch(accum)
@@ -210,7 +211,8 @@ class Trainer:
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 metrics = self.validate() if cfg.run.eval else {}
-                record = {"event": "epoch", "epoch": self.epoch, "step": self.step, **metrics}
+                record = {"event": "epoch", "epoch": self.epoch, "step": self.step,
+                          "wall_s": round(time.perf_counter() - t_start, 1), **metrics}
                 self.history.append(record)
                 self._log_line(record)
                 for k, v in metrics.items():
@@ -261,10 +263,11 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
                     out = self.wrapped(batch)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower the learning rate")
+                loss_value = float(loss.detach())  # the one host sync of the step (logging and the check)
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at step {self.step}; lower the learning rate")
                 self.scaler.scale(loss / accum).backward()
-            losses.append(float(loss.detach()))
+            losses.append(loss_value)
             seen += batch[0].shape[0] * self.dist.world_size
             if bar is not None:
                 bar.update(1)
