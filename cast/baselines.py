@@ -193,6 +193,7 @@ class ViTKMeansSegmenter:
             class_names=self.info.class_names if self.has_head else None,
         )
         tree.image_name = src.name
+        tree.image_notes = src.notes
         tree.model = {**self.info.to_dict(), "segmenter": "vit+hierarchical spherical k-means"}
         tree.timings = {"read": t1 - t0, "features_kmeans": t2 - t1, "total": time.perf_counter() - t0}
         return tree

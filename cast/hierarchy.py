@@ -9,7 +9,7 @@ JSON schema (``schema == "cast-hierarchy"``, ``version == 1``)::
 
     {
       "schema": "cast-hierarchy", "version": 1,
-      "image": {"width": W, "height": H, "name": str},
+      "image": {"width": W, "height": H, "name": str, "notes": [conversions made when reading]},
       "model": {ModelInfo fields, class_names omitted},
       "levels": [{"level": 1, "num_segments": n_1, "num_clusters": K_1}, ... 4 entries],
       "nodes": [{"key": "L1-0", "level": 1, "id": 0, "parent": 3 | null, "children": [ids one level finer],
@@ -120,6 +120,7 @@ class Hierarchy:
     timings: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     image_name: str = ""
+    image_notes: tuple[str, ...] = ()  # conversions made when reading the input (cast.image.ImageInput.notes)
     segment_predictions: dict[str, list[Prediction]] = field(default_factory=dict)  # filled on demand
 
     # -- access ----------------------------------------------------------------------------
@@ -185,7 +186,7 @@ class Hierarchy:
         return {
             "schema": SCHEMA_NAME,
             "version": SCHEMA_VERSION,
-            "image": {"width": w, "height": h, "name": self.image_name},
+            "image": {"width": w, "height": h, "name": self.image_name, "notes": list(self.image_notes)},
             "model": model,
             "levels": [
                 {"level": lv, "num_segments": n, "num_clusters": int(k)}

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .models.cast import CAST, VARIANTS, checkpoint_filter_fn, infer_model_args
 from .superpixels import SEEDS_DEIT, SEEDS_MOCO
-from .weights import BUNDLED, PUBLISHED, ModelInfo, bundled_dir, default_class_names
+from .weights import BUNDLED, BUNDLED_BASELINE, PUBLISHED, ModelInfo, bundled_dir, default_class_names
 
 __all__ = [
     "load_model", "safe_torch_load", "save_own_format", "load_own_format", "load_published_into",
@@ -385,7 +385,8 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
         source: one of
             - a published name (``cast.PUBLISHED``, e.g. ``"cast_small.deit_in1k"``), downloaded from
               the Hub repo ``twke/CAST`` through huggingface_hub's cache (``HF_HUB_OFFLINE`` honoured);
-            - ``"bundled"``: the default model shipped in ``assets/bundled``;
+            - ``"bundled"``: the default model shipped in ``assets/bundled``; ``"bundled_vit"``: its
+              ViT baseline in ``assets/bundled_vit`` (returns the ViT, not a CAST);
             - a local published-format file (``.pth``, ``.pth.tar``);
             - a folder or Hub repo id with ``config.json`` + ``model.safetensors`` (our format).
         revision: Hub revision (branch, tag or commit) to pin.
@@ -399,14 +400,14 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
     """
     info_over, model_over = _split_overrides(overrides)
     src = str(source)
-    if src == BUNDLED:
-        folder = bundled_dir()
+    if src in (BUNDLED, BUNDLED_BASELINE):
+        folder = bundled_dir(src)
         if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
             raise WeightsNotAvailableError(
-                f"the bundled default model is not installed ({folder} has no {CONFIG_NAME} + {WEIGHTS_NAME}). "
+                f"the bundled model {src!r} is not installed ({folder} has no {CONFIG_NAME} + {WEIGHTS_NAME}). "
                 f"Use a published model instead, one of: {', '.join(PUBLISHED)}"
             )
-        model = load_own_format(folder, overrides=overrides, source=BUNDLED)
+        model = load_own_format(folder, overrides=overrides, source=src)
     elif src in PUBLISHED:
         w = PUBLISHED[src]
         path = _download(w.hub_repo, w.hub_file, revision, cache_dir)

@@ -19,11 +19,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError
 
-__all__ = ["ImageInput", "read_image", "to_rgb_array", "MAX_PIXELS"]
+__all__ = ["ImageInput", "read_image", "to_rgb_array", "MAX_PIXELS", "MIN_SIDE"]
 
 # Largest image accepted, in pixels (width x height). A 24 MP photo is fine; a header claiming
 # more than this is refused before any decoding (decompression-bomb protection).
 MAX_PIXELS = int(os.environ.get("CAST_MAX_PIXELS", 150_000_000))
+# Smallest side accepted: below this an image cannot hold the 64 parts of the finest level.
+MIN_SIDE = int(os.environ.get("CAST_MIN_SIDE", 8))
 
 ImageLike = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]  # noqa: UP007 (runtime alias)
 
@@ -35,6 +37,7 @@ class ImageInput:
     rgb: np.ndarray  # [h, w, 3] uint8, EXIF-corrected
     size: tuple[int, int]  # (width, height) of the original, EXIF-corrected image
     name: str = ""  # file name when read from a file
+    notes: tuple[str, ...] = ()  # conversions made on the way (e.g. "CMYK converted to RGB"), for people
 
 
 def _orientation_swaps(img: Image.Image) -> bool:
@@ -69,13 +72,21 @@ def _from_pil(img: Image.Image, draft_to: int | None, name: str) -> ImageInput:
     w, h = img.size
     if w < 1 or h < 1:
         raise ImageReadError(f"{name or 'image'}: empty image ({w}x{h})")
+    if min(w, h) < MIN_SIDE:
+        raise ImageReadError(f"{name or 'image'}: too small ({w}x{h} px); at least {MIN_SIDE} px per side is needed")
     if w * h > MAX_PIXELS:
         raise ImageReadError(
             f"{name or 'image'}: refused, {w}x{h} is {w * h / 1e6:.0f} MP, more than the {MAX_PIXELS / 1e6:.0f} MP "
             "accepted (possible decompression bomb)"
         )
+    notes: list[str] = []
+    if img.mode not in ("RGB", "L", "P", "RGBA", "LA", "1"):
+        notes.append(f"{img.mode} image converted to 8-bit RGB")
+    elif img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        notes.append("transparent areas composited on white")
     try:
         if getattr(img, "is_animated", False):
+            notes.append(f"animated image ({getattr(img, 'n_frames', '?')} frames): the first frame is used")
             img.seek(0)
         size = (h, w) if _orientation_swaps(img) else (w, h)
         if draft_to and img.format == "JPEG":
@@ -87,7 +98,7 @@ def _from_pil(img: Image.Image, draft_to: int | None, name: str) -> ImageInput:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{name or 'image'}: cannot decode ({e})") from None
-    return ImageInput(rgb=np.ascontiguousarray(rgb), size=size, name=name)
+    return ImageInput(rgb=np.ascontiguousarray(rgb), size=size, name=name, notes=tuple(notes))
 
 
 def to_rgb_array(a: np.ndarray) -> np.ndarray:
@@ -135,6 +146,8 @@ def read_image(src: ImageLike, draft_to: int | None = None) -> ImageInput:
             raise ImageReadError(f"{src}: no such file")
     elif isinstance(src, bytes):
         src = io.BytesIO(src)
+    elif isinstance(getattr(src, "name", None), str):  # open file objects (and named buffers) carry a name
+        name = Path(src.name).name  # type: ignore[union-attr]
     # Refuse oversized images from the header ourselves; PIL's own bomb check is a warning below 2x.
     try:
         with Image.open(src) as img:  # type: ignore[arg-type]

@@ -124,6 +124,7 @@ class Predictor:
         )
         t4 = time.perf_counter()
         hier.image_name = src.name
+        hier.image_notes = src.notes
         hier.model = self.info.to_dict()
         hier.timings = {"read": t1 - t0, "superpixels": t2 - t1, "forward": t3 - t2, "readout": t4 - t3, "total": t4 - t0}
         return hier

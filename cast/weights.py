@@ -12,12 +12,13 @@ from typing import Any
 from .superpixels import SEEDS_DEIT, SEEDS_MOCO, SuperpixelSettings
 
 __all__ = [
-    "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "bundled_dir",
+    "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "BUNDLED_BASELINE", "BASELINE_FOR", "bundled_dir",
     "imagenet_class_names", "default_class_names", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 HUB_REPO = "twke/CAST"
 BUNDLED = "bundled"
+BUNDLED_BASELINE = "bundled_vit"  # the ViT trained beside the bundled CAST (same data and budget), for comparisons
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -127,8 +128,24 @@ PUBLISHED: dict[str, PublishedWeights] = {
 }
 
 
-def bundled_dir() -> Path:
-    """Folder of the bundled default model (``CAST_BUNDLED_DIR`` overrides ``assets/bundled``)."""
+# The ViT baseline each CAST is compared with (the paper's comparison: same training, patch tokens
+# clustered by hierarchical k-means). Keys are model sources; models not listed have no baseline.
+BASELINE_FOR: dict[str, str] = {
+    BUNDLED: BUNDLED_BASELINE,
+    "cast_small.deit_in1k": "vit_conv_small.mocov3_in1k",
+    "cast_small.mocov3_in1k": "vit_conv_small.mocov3_in1k",
+    "cast_small_deep.mocov3_in1k": "vit_conv_small.mocov3_in1k",
+    "cast_base.mocov3_in1k": "vit_conv_base.mocov3_in1k",
+}
+
+
+def bundled_dir(name: str = BUNDLED) -> Path:
+    """Folder of a bundled model: ``assets/bundled`` (the default CAST; ``CAST_BUNDLED_DIR``
+    overrides) or ``assets/bundled_vit`` (its ViT baseline; ``CAST_BUNDLED_VIT_DIR`` overrides)."""
+    if name == BUNDLED_BASELINE:
+        return Path(os.environ.get("CAST_BUNDLED_VIT_DIR", REPO_ROOT / "assets" / "bundled_vit"))
+    if name != BUNDLED:
+        raise ValueError(f"no bundled model called {name!r}; bundled models: {BUNDLED}, {BUNDLED_BASELINE}")
     return Path(os.environ.get("CAST_BUNDLED_DIR", REPO_ROOT / "assets" / "bundled"))
 
 

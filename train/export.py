@@ -34,6 +34,15 @@ def _pick_checkpoint(run_dir: Path, which: str) -> Path:
 def model_card(info: ModelInfo, metrics: dict[str, Any], cfg: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     sp = info.superpixels
+    if info.name.startswith("cast"):
+        about = ("A CAST model (Ke, Mo, Yu, ICLR 2024: superpixel tokens, graph pooling into a part-to-whole\n"
+                 "hierarchy) trained with CAST Explorer's `train` package.")
+        use = 'import cast\npredictor = cast.Predictor("path/or/repo-id")\ntree = predictor("photo.jpg")'
+    else:
+        about = ("A ViT baseline trained with CAST Explorer's `train` package; it is segmented by hierarchical\n"
+                 "k-means of its patch tokens (`cast.baselines.ViTKMeansSegmenter`).")
+        use = ('import cast\nfrom cast.baselines import ViTKMeansSegmenter\nvit = cast.load_model("path/or/repo-id")\n'
+               'tree = ViTKMeansSegmenter(vit, vit.info)("photo.jpg")')
     return f"""---
 library_name: cast-explorer
 tags:
@@ -45,8 +54,7 @@ pipeline_tag: image-classification
 
 # {info.name} ({cfg.get("objective", "")}, {cfg.get("data", {}).get("dataset", "")})
 
-A CAST model (Ke, Mo, Yu, ICLR 2024: superpixel tokens, graph pooling into a part-to-whole
-hierarchy) trained with CAST Explorer's `train` package.
+{about}
 
 | setting | value |
 |---|---|
@@ -66,9 +74,7 @@ hierarchy) trained with CAST Explorer's `train` package.
 ## Use
 
 ```python
-import cast
-predictor = cast.Predictor("path/or/repo-id")
-tree = predictor("photo.jpg")
+{use}
 ```
 """
 

@@ -1,0 +1,56 @@
+"""CAST Explorer's web app (Gradio). Start it with ``python app.py``.
+
+Modules: ``config`` (settings), ``service`` (models, segmentation, downloads; no Gradio), ``view``
+(a session's display maps and selection), ``render`` (overlay, tree, panels), ``ui`` (layout and
+callbacks). The app uses the model library only through ``cast.Predictor`` and friends.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from .config import AppConfig, server_address
+from .service import Explorer
+
+__all__ = ["AppConfig", "Explorer", "create_app", "main"]
+
+
+def create_app(cfg: AppConfig | None = None, explorer: Explorer | None = None):  # -> gr.Blocks
+    """Build the Blocks app (queued) and the engine behind it; returns ``(demo, explorer)``."""
+    import torch
+
+    from .ui import build
+
+    explorer = explorer or Explorer(cfg)
+    cfg = explorer.cfg
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.precompute_examples:
+        examples = sorted(p for p in Path(cfg.examples_dir).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        threading.Thread(target=explorer.precompute, args=(examples,), name="precompute-examples", daemon=True).start()
+    demo = build(explorer)
+    demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.workers)
+    return demo, explorer
+
+
+def launch_kwargs(cfg: AppConfig) -> dict:
+    """Settings of ``demo.launch``: no share links, only ``assets/`` besides Gradio's cache."""
+    from .config import ASSETS
+    from .ui import CSS
+
+    host, port = server_address()
+    return dict(
+        server_name=host, server_port=port, share=False, ssr_mode=False, css=CSS, max_file_size=cfg.max_file_size,
+        allowed_paths=[str(ASSETS)], show_error=True, footer_links=["api"],
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    demo, explorer = create_app(AppConfig.from_env())
+    try:
+        demo.launch(**launch_kwargs(explorer.cfg))
+    finally:
+        explorer.close()

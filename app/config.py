@@ -1,0 +1,61 @@
+"""App settings: one dataclass, every field overridable by an environment variable (for Spaces)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from cast.weights import REPO_ROOT
+
+ASSETS = REPO_ROOT / "assets"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass
+class AppConfig:
+    """What the app serves and how much it takes on. ``AppConfig.from_env()`` reads ``CAST_APP_*``."""
+
+    default_model: str = "cast_small.deit_in1k"  # tried first; the bundled model when it can't be loaded
+    models_dir: Path = REPO_ROOT / "models"  # own-format model folders listed in the selector
+    examples_dir: Path = ASSETS / "examples"  # example images, precomputed at start
+    max_models: int = 2  # loaded models kept in memory (least recently used dropped)
+    max_results: int = 32  # segmented images kept for instant re-display (examples, repeated uploads)
+    max_file_size: str = "20mb"  # uploads above this are refused by the client and server
+    queue_size: int = 32  # requests waiting beyond this get Gradio's "busy" message
+    workers: int = 2  # segmentations run at once (one per core on a 2-vCPU Space)
+    session_ttl: int = 30 * 60  # seconds a session's tree is kept after its last update
+    display_size: int = 768  # longest side of the overlay image, pixels
+    threads: int = 0  # torch threads (0: leave torch's default)
+    precompute_examples: bool = True  # segment the examples with the default model at start
+    temp_dir: Path | None = None  # where exports are written (default: a fresh temporary folder)
+    extra_models: list[str] = field(default_factory=list)  # more sources to list (paths or Hub repo ids)
+
+    @classmethod
+    def from_env(cls) -> AppConfig:
+        cfg = cls()
+        for f in fields(cls):
+            raw = os.environ.get(f"CAST_APP_{f.name.upper()}")
+            if raw is None:
+                continue
+            current = getattr(cfg, f.name)
+            if isinstance(current, bool):
+                value: object = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(current, int):
+                value = int(raw)
+            elif f.name in ("models_dir", "examples_dir", "temp_dir"):
+                value = Path(raw)
+            elif f.name == "extra_models":
+                value = [s for s in raw.split(",") if s.strip()]
+            else:
+                value = raw
+            setattr(cfg, f.name, value)
+        return cfg
+
+
+def server_address() -> tuple[str, int]:
+    """Host and port from Gradio's own variables (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``)."""
+    return _env("GRADIO_SERVER_NAME", "127.0.0.1"), int(_env("GRADIO_SERVER_PORT", "7860"))

@@ -1,0 +1,374 @@
+"""Drawing: segment colours, the overlay image, the icicle tree (SVG), the segment panel and the
+per-level predictions. Functions of data to pixels or HTML strings; no Gradio, no model calls.
+
+Colours: each level-4 segment (a "whole") gets its own hue; its descendants keep that hue, spread a
+little between siblings, and get lighter with depth, so the overlay at any level and the icicle use
+the same colours.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import html
+from dataclasses import dataclass
+
+import numpy as np
+
+from cast.hierarchy import Hierarchy
+
+from .view import ROOT, SUPERPIXELS, WHOLE, SegmentInfo, View, key_level, path_keys
+
+GOLDEN = 0.618033988749895
+LIGHTNESS = {4: 0.40, 3: 0.50, 2: 0.60, 1: 0.70}  # lighter with depth
+SATURATION = 0.65
+ROOT_COLOUR = (150, 150, 150)
+SELECT_COLOUR = (255, 214, 0)
+LEVEL_NAMES = {WHOLE: "whole image", 4: "level 4", 3: "level 3", 2: "level 2", 1: "level 1", SUPERPIXELS: "superpixel"}
+
+
+def _rgb(h: float, lightness: float, s: float = SATURATION) -> tuple[int, int, int]:
+    r, g, b = colorsys.hls_to_rgb(h % 1.0, lightness, s)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def colours(tree: Hierarchy) -> dict[int, np.ndarray]:
+    """``{level: [n_level, 3] uint8}`` for levels 1..4 plus ``WHOLE`` (one grey) and
+    ``SUPERPIXELS`` (each superpixel a shade of its level-1 segment)."""
+    hues: dict[int, dict[int, float]] = {4: {n.id: (i * GOLDEN) % 1.0 for i, n in enumerate(tree.nodes_at(4))}}
+    for level in (3, 2, 1):
+        hues[level] = {}
+        spread = 0.05 * (level / 4)
+        for parent in tree.nodes_at(level + 1):
+            kids = parent.children
+            for rank, child in enumerate(kids):
+                offset = (rank - (len(kids) - 1) / 2) * spread / max(len(kids), 1)
+                hues[level][child] = hues[level + 1][parent.id] + offset
+    out: dict[int, np.ndarray] = {}
+    for level in (1, 2, 3, 4):
+        n = len(tree.nodes_at(level))
+        table = np.zeros((max(n, 1), 3), np.uint8)
+        for i in range(n):
+            # siblings alternate lightness slightly so neighbours differ even with close hues
+            table[i] = _rgb(hues[level].get(i, 0.0), LIGHTNESS[level] + (0.04 if i % 2 else -0.02))
+        out[level] = table
+    sp_to_l1 = tree.superpixel_to_level1.astype(np.int64)
+    sp = out[1][np.maximum(sp_to_l1, 0)].astype(np.int16)
+    jitter = ((np.arange(len(sp_to_l1)) * 37) % 7 - 3)[:, None] * 6
+    out[SUPERPIXELS] = np.clip(sp + jitter, 0, 255).astype(np.uint8)
+    out[WHOLE] = np.array([ROOT_COLOUR], np.uint8)
+    return out
+
+
+def colour_of(tree_colours: dict[int, np.ndarray], key: str) -> tuple[int, int, int]:
+    level = key_level(key)
+    idx = 0 if key == ROOT else int(key.split("-")[1])
+    c = tree_colours[level][idx]
+    return int(c[0]), int(c[1]), int(c[2])
+
+
+def hex_colour(c: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*c)
+
+
+# ---------------------------------------------------------------------------------------------
+# Overlay
+# ---------------------------------------------------------------------------------------------
+
+
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    """``[h, w]`` bool: pixels whose right or lower neighbour has another id."""
+    edge = np.zeros(labels.shape, bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge
+
+
+def _outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """Inner outline of a mask, ``width`` pixels thick."""
+    inner = mask.copy()
+    for _ in range(width):
+        shrunk = inner.copy()
+        shrunk[1:, :] &= inner[:-1, :]
+        shrunk[:-1, :] &= inner[1:, :]
+        shrunk[:, 1:] &= inner[:, :-1]
+        shrunk[:, :-1] &= inner[:, 1:]
+        inner = shrunk
+    return mask & ~inner
+
+
+@dataclass
+class OverlayStyle:
+    level: int = 2  # display level: WHOLE, 4..1 or SUPERPIXELS
+    opacity: float = 0.5  # colour over the photo, 0..1
+    show_boundaries: bool = True
+    dim_rest: bool = False  # darken everything outside the selected segment
+
+
+def overlay(photo: np.ndarray, maps: dict[int, np.ndarray], table: dict[int, np.ndarray],
+            style: OverlayStyle, selected: np.ndarray | None = None) -> np.ndarray:
+    """Colour the photo by segment.
+
+    Args:
+        photo: ``[h, w, 3]`` uint8 at display size.
+        maps: display-size label maps (see :func:`app.view.display_maps`).
+        table: segment colours (:func:`colours`).
+        selected: ``[h, w]`` bool mask of the selected segment (outlined; the rest dimmed if asked).
+
+    Returns:
+        ``[h, w, 3]`` uint8.
+    """
+    labels = maps[style.level]
+    colour = table[style.level][labels]
+    a = float(np.clip(style.opacity, 0.0, 1.0))
+    out = photo.astype(np.float32) * (1.0 - a) + colour.astype(np.float32) * a
+    if selected is not None and style.dim_rest:
+        out[~selected] *= 0.3
+    out = out.astype(np.uint8)
+    if style.show_boundaries and style.level != WHOLE:
+        out[boundaries(labels)] = (255, 255, 255)
+    if selected is not None and not selected.all():
+        out[_outline(selected, 3)] = SELECT_COLOUR
+    return out
+
+
+def view_overlay(view: View, style: OverlayStyle, table: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    table = table if table is not None else colours(view.tree)
+    mask = view.mask(view.selected) if view.selected else None
+    return overlay(view.result.photo, view.maps, table, style, mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Icicle tree
+# ---------------------------------------------------------------------------------------------
+
+ROWS = [WHOLE, 4, 3, 2, 1]  # icicle rows, top to bottom
+
+
+def icicle_layout(tree: Hierarchy, equal_width: bool = False, min_share: float = 0.35) -> dict[str, tuple[float, float, int]]:
+    """Horizontal extent of every node: ``{key: (x0, x1, row)}`` with x in [0, 1], row 0 = root.
+
+    Leaves (level-1 segments) get a width proportional to their area, but never less than
+    ``min_share`` of an equal share (so 64 leaves stay clickable); ``equal_width`` gives every
+    leaf the same width. A parent spans exactly its children, so nesting is exact.
+    """
+    leaves = tree.nodes_at(1)
+    n = max(len(leaves), 1)
+    total_area = sum(lf.area for lf in leaves) or 1
+    if equal_width:
+        weight = {lf.id: 1.0 for lf in leaves}
+    else:
+        weight = {lf.id: max(lf.area / total_area, min_share / n) for lf in leaves}
+    scale = 1.0 / sum(weight.values())
+    layout: dict[str, tuple[float, float, int]] = {}
+    x = 0.0
+
+    def place(level: int, node_id: int) -> tuple[float, float]:
+        nonlocal x
+        node = tree.node(level, node_id)
+        if level == 1:
+            x0 = x
+            x += weight[node_id] * scale
+            layout[node.key] = (x0, x, ROWS.index(1))
+            return x0, x
+        start = x
+        for c in node.children:
+            place(level - 1, c)
+        layout[node.key] = (start, x, ROWS.index(level))
+        return start, x
+
+    for top in tree.nodes_at(4):
+        place(4, top.id)
+    layout[ROOT] = (0.0, 1.0, 0)
+    return layout
+
+
+def _short(preds: list[tuple[str, float]] | None) -> str:
+    return preds[0][0] if preds else ""
+
+
+def icicle_html(tree: Hierarchy, selected: str | None, equal_width: bool = False,
+                table: dict[int, np.ndarray] | None = None, width: int = 1000, row_height: int = 30) -> str:
+    """The tree as an SVG icicle plus a breadcrumb; every node is ``<rect data-node="KEY">``."""
+    table = table if table is not None else colours(tree)
+    layout = icicle_layout(tree, equal_width)
+    path = path_keys(tree, selected) if selected else []
+    # a selected superpixel is shown through its level-1 segment (the tree stops at level 1)
+    marked = path[-2] if selected and selected.startswith("S-") else selected
+    w_img, h_img = tree.size
+    area = w_img * h_img
+    parts: list[str] = []
+    for key, (x0, x1, row) in layout.items():
+        px0, pw = x0 * width, max((x1 - x0) * width, 0.5)
+        y = row * row_height
+        if key == ROOT:
+            fill, label, share = hex_colour(ROOT_COLOUR), "whole image", 1.0
+            top = tree.level_predictions[3] if tree.level_predictions else None
+            label = f"whole image: {_short(top)}" if top else label
+            title = "whole image"
+        else:
+            node = tree.node(key)
+            fill = hex_colour(colour_of(table, key))
+            share = node.area / area
+            label = _short(node.predictions) or key
+            title = f"{key}: {share:.1%} of the image" + (f", {_short(node.predictions)}" if node.predictions else "")
+        cls = "node"
+        if selected:
+            cls += " on-path" if key in path else " off-path"
+            cls += " selected" if key == marked else ""
+        text = ""
+        if pw > 7 * max(len(label), 3):
+            text = (f'<text x="{px0 + pw / 2:.1f}" y="{y + row_height / 2 + 4:.1f}" text-anchor="middle" '
+                    f'pointer-events="none">{html.escape(label)}</text>')
+        parts.append(
+            f'<g class="{cls}" data-node="{key}"><rect data-node="{key}" x="{px0:.2f}" y="{y}" width="{pw:.2f}" '
+            f'height="{row_height - 2}" fill="{fill}"><title>{html.escape(title)}</title></rect>{text}</g>'
+        )
+    height = len(ROWS) * row_height
+    row_labels = "".join(
+        f'<div class="row-label" style="top:{i * row_height}px;height:{row_height - 2}px">'
+        f'{"whole" if lv == WHOLE else f"L{lv}"}</div>' for i, lv in enumerate(ROWS)
+    )
+    return (
+        f'<div class="cast-tree">{breadcrumb_html(tree, selected)}'
+        f'<div class="icicle-wrap"><div class="row-labels">{row_labels}</div>'
+        f'<svg class="icicle" viewBox="0 0 {width} {height}" preserveAspectRatio="none" '
+        f'style="height:{height}px" role="tree">{"".join(parts)}</svg></div></div>'
+    )
+
+
+def breadcrumb_html(tree: Hierarchy, selected: str | None) -> str:
+    if not selected:
+        return '<div class="breadcrumb">Click a segment in the image or a node of the tree.</div>'
+    crumbs = []
+    for key in path_keys(tree, selected):
+        name = "whole image" if key == ROOT else key
+        if key.startswith("L"):
+            preds = tree.node(key).predictions
+            if preds:
+                name += f" ({preds[0][0]})"
+        cls = "crumb current" if key == selected else "crumb"
+        crumbs.append(f'<span class="{cls}" data-node="{key}">{html.escape(name)}</span>')
+    return '<div class="breadcrumb">' + ' <span class="sep">›</span> '.join(crumbs) + "</div>"
+
+
+# ---------------------------------------------------------------------------------------------
+# Panels
+# ---------------------------------------------------------------------------------------------
+
+
+def _pred_rows(preds: list[tuple[str, float]] | None) -> str:
+    if not preds:
+        return ""
+    rows = "".join(
+        f'<div class="pred"><span class="lbl">{html.escape(lbl)}</span>'
+        f'<span class="bar"><span style="width:{100 * p:.1f}%"></span></span><span class="p">{p:.1%}</span></div>'
+        for lbl, p in preds
+    )
+    return f'<div class="preds">{rows}</div>'
+
+
+def _chip(key: str, table: dict[int, np.ndarray]) -> str:
+    colour = hex_colour(colour_of(table, key)) if key != ROOT else hex_colour(ROOT_COLOUR)
+    return f'<span class="chip" data-node="{key}" style="border-color:{colour}">{key}</span>'
+
+
+def panel_html(info: SegmentInfo | None, table: dict[int, np.ndarray], has_head: bool,
+               pending: bool = False) -> str:
+    """The selected-segment panel."""
+    if info is None:
+        return '<div class="segment-panel empty">No segment selected yet. Click the image or the tree.</div>'
+    title = "Whole image" if info.key == ROOT else (
+        f"Superpixel {info.id}" if info.level == SUPERPIXELS else f"Segment {info.key}")
+    facts = [
+        ("level", LEVEL_NAMES[info.level]),
+        ("id", str(info.id)),
+        ("area", f"{info.area_fraction:.2%} of the image"),
+        ("parent", _chip(info.parent, table) if info.parent else "none"),
+        ("children", " ".join(_chip(c, table) for c in info.children[:64]) or "none"),
+    ]
+    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
+    out = [f'<div class="segment-panel" data-key="{info.key}"><h4>{title}</h4><table>{rows}</table>']
+    if not has_head:
+        out.append('<p class="muted">This model has no classifier (self-supervised weights): no class predictions.</p>')
+    else:
+        if info.token_predictions:
+            what = "the image token after the last stage" if info.key == ROOT else "the segment's own token"
+            out.append(f'<h5>Model says (from {what})</h5>{_pred_rows(info.token_predictions)}')
+        if info.level in (1, 2, 3, 4):
+            if info.masked_predictions:
+                out.append(f'<h5>Segment on its own (masked image)</h5>{_pred_rows(info.masked_predictions)}')
+            elif pending:
+                out.append('<h5>Segment on its own (masked image)</h5><p class="muted pending">recognising…</p>')
+    out.append("</div>")
+    return "".join(out)
+
+
+PLOT_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"]
+
+
+def level_predictions_html(tree: Hierarchy, counts: list[int] | None = None) -> str:
+    """Top-5 per level and a line plot of the leading classes' probability from level 1 to 4."""
+    if not tree.level_predictions:
+        return '<div class="level-preds muted">This model has no classifier: no per-level predictions.</div>'
+    counts = counts or tree.num_segments
+    cols = []
+    for lv, preds in enumerate(tree.level_predictions, start=1):
+        cols.append(f'<div class="level-col"><h5>level {lv} · {counts[lv - 1]} segments</h5>{_pred_rows(preds)}</div>')
+    # the classes to follow: each level's top-1, then the most likely others, at most 5
+    classes: list[str] = []
+    for preds in tree.level_predictions:
+        if preds and preds[0][0] not in classes:
+            classes.append(preds[0][0])
+    for lbl, _ in sorted((p for preds in tree.level_predictions for p in preds), key=lambda t: -t[1]):
+        if len(classes) >= 5:
+            break
+        if lbl not in classes:
+            classes.append(lbl)
+    return (f'<div class="level-preds"><div class="level-cols">{"".join(cols)}</div>'
+            f'{_trend_svg(tree.level_predictions, classes[:5])}</div>')
+
+
+def _trend_svg(per_level: list[list[tuple[str, float]]], classes: list[str], w: int = 420, h: int = 170) -> str:
+    left, right, top, bottom = 36, 130, 10, 26
+    pw, ph = w - left - right, h - top - bottom
+
+    def xy(i: int, p: float) -> tuple[float, float]:
+        return left + pw * i / 3, top + ph * (1 - p)
+
+    g = [f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" class="axis"/>',
+         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" class="axis"/>']
+    for p in (0, 0.5, 1):
+        _, y = xy(0, p)
+        g.append(f'<text class="tick" x="{left - 4}" y="{y + 4:.1f}" text-anchor="end">{p:.1f}</text>')
+    for i in range(4):
+        x, _ = xy(i, 0)
+        g.append(f'<text class="tick" x="{x:.1f}" y="{h - 8}" text-anchor="middle">L{i + 1}</text>')
+    for c, name in enumerate(classes):
+        colour = PLOT_COLOURS[c % len(PLOT_COLOURS)]
+        pts = []
+        for i, preds in enumerate(per_level):
+            prob = dict(preds).get(name)
+            if prob is not None:
+                pts.append(xy(i, prob))
+        if len(pts) > 1:
+            g.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                     + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts) + '"/>')
+        g.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in pts)
+        g.append(f'<text x="{left + pw + 8}" y="{top + 12 + 16 * c}" fill="{colour}">{html.escape(name[:18])}</text>')
+    return (f'<svg class="trend" viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
+            f'aria-label="class probability by level">{"".join(g)}</svg>'
+            '<div class="muted small">Probability of the leading classes after each stage (points only where the '
+            'class is in that level\'s top 5).</div>')
+
+
+def compare_summary(cast_info: tuple[str, float] | None, vit_info: tuple[str, float] | None, iou: float | None) -> str:
+    if cast_info is None or vit_info is None:
+        return "Click either image: the segment under the click is outlined in both."
+    return (f"CAST {cast_info[0]}: {cast_info[1]:.1%} of the image · ViT + k-means {vit_info[0]}: "
+            f"{vit_info[1]:.1%} · overlap (IoU) {iou:.2f}")
+
+
+__all__ = [
+    "colours", "overlay", "view_overlay", "OverlayStyle", "icicle_layout", "icicle_html", "panel_html",
+    "level_predictions_html", "breadcrumb_html", "boundaries", "compare_summary",
+]

@@ -1,0 +1,304 @@
+"""Everything the app does that is not UI: which models exist, loading and caching them, segmenting
+uploads (with a result cache), and writing the downloads. Gradio is not imported here."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+import threading
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Predictor, load_model
+from cast.baselines import ViTKMeansSegmenter
+from cast.image import read_image
+from cast.weights import BASELINE_FOR
+
+from .config import AppConfig
+
+log = logging.getLogger("cast_explorer")
+
+__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer"]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model selector."""
+
+    name: str  # what cast.load_model receives
+    label: str  # what people read
+    kind: str  # "published", "bundled" or "folder"
+
+
+class _LRU:
+    """A small thread-safe least-recently-used map."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._d: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            if key not in self._d:
+                return None
+            self._d.move_to_end(key)
+            return self._d[key]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+    def keys(self) -> list[Any]:
+        with self._lock:
+            return list(self._d)
+
+
+class ModelStore:
+    """The models the app offers and a bounded cache of loaded ones.
+
+    Loading is serialised per model (two sessions asking for the same model load it once) but not
+    across models, so one person's slow download never holds up requests for a model already loaded.
+    """
+
+    def __init__(self, cfg: AppConfig) -> None:
+        self.cfg = cfg
+        self._cache = _LRU(cfg.max_models)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._failed: dict[str, str] = {}
+
+    # -- what exists ---------------------------------------------------------------------
+    def choices(self) -> list[ModelChoice]:
+        out = [ModelChoice(BUNDLED, "bundled: cast_tiny, PartShapes (offline)", "bundled")]
+        for name, w in PUBLISHED.items():
+            if w.arch.startswith("cast"):
+                out.append(ModelChoice(name, f"{name}: {w.dataset}, {w.result}", "published"))
+        for folder in self._model_folders():
+            out.append(ModelChoice(str(folder), f"folder: {folder.name}", "folder"))
+        for src in self.cfg.extra_models:
+            out.append(ModelChoice(src, f"extra: {src}", "folder"))
+        return out
+
+    def _model_folders(self) -> list[Path]:
+        root = Path(self.cfg.models_dir)
+        if not root.is_dir():
+            return []
+        found = []
+        for config in sorted(root.glob("*/config.json")):
+            try:
+                arch = str(json.loads(config.read_text()).get("architecture", ""))
+            except (OSError, ValueError):
+                continue
+            if arch.startswith("cast") and (config.parent / "model.safetensors").is_file():
+                found.append(config.parent.resolve())
+        return found
+
+    def known(self, name: str) -> bool:
+        return any(c.name == name for c in self.choices())
+
+    def label(self, name: str) -> str:
+        return next((c.label for c in self.choices() if c.name == name), name)
+
+    # -- loading -------------------------------------------------------------------------
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def _get(self, name: str, build: Callable[[], Any]) -> Any:
+        hit = self._cache.get(name)
+        if hit is not None:
+            return hit
+        with self._lock_for(name):
+            hit = self._cache.get(name)
+            if hit is None:
+                hit = build()
+                self._cache.put(name, hit)
+            return hit
+
+    def predictor(self, name: str) -> Predictor:
+        """The loaded predictor of a listed model.
+
+        Raises:
+            CastLoadError: not listed, not available (offline), or not loadable; the message says why.
+        """
+        if not self.known(name):
+            raise CastLoadError(f"unknown model {name!r}")
+
+        def build() -> Predictor:
+            log.info("loading model %s", name)
+            return Predictor(name, top_k=5)
+
+        return self._get(name, build)
+
+    def baseline_name(self, name: str) -> str | None:
+        return BASELINE_FOR.get(name)
+
+    def baseline(self, name: str) -> ViTKMeansSegmenter:
+        """The ViT + k-means segmenter the model ``name`` is compared with.
+
+        Raises:
+            CastLoadError: no baseline for this model, or it cannot be loaded.
+        """
+        vit_name = self.baseline_name(name)
+        if vit_name is None:
+            raise CastLoadError(f"no ViT baseline is known for {name}")
+
+        def build() -> ViTKMeansSegmenter:
+            vit = load_model(vit_name)
+            return ViTKMeansSegmenter(vit, vit.info)  # type: ignore[attr-defined]
+
+        return self._get(f"baseline:{vit_name}", build)
+
+    def loaded(self) -> list[str]:
+        return [k for k in self._cache.keys() if not str(k).startswith("baseline:")]
+
+
+@dataclass
+class Result:
+    """One segmented image and its downloads (shared by every session that shows it)."""
+
+    tree: Hierarchy
+    model: str
+    photo: np.ndarray  # [h, w, 3] uint8, the input at display size
+    folder: Path  # hierarchy.json, level{1..4}.png, superpixels.png, labels.zip
+    baseline: Hierarchy | None = None  # the ViT + k-means tree, once computed
+
+    @property
+    def json_path(self) -> Path:
+        return self.folder / "hierarchy.json"
+
+    @property
+    def labels_path(self) -> Path:
+        return self.folder / "labels.zip"
+
+    def write_json(self) -> Path:
+        """Rewrite ``hierarchy.json`` (after on-demand segment predictions were added)."""
+        tmp = self.json_path.with_suffix(".tmp")
+        tmp.write_text(self.tree.to_json(indent=1))
+        tmp.replace(self.json_path)
+        return self.json_path
+
+
+class Explorer:
+    """The app's engine: models, a result cache and a folder for downloads."""
+
+    def __init__(self, cfg: AppConfig | None = None) -> None:
+        self.cfg = cfg or AppConfig.from_env()
+        self.models = ModelStore(self.cfg)
+        if self.cfg.temp_dir is not None:
+            Path(self.cfg.temp_dir).mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="cast-explorer-", dir=self.cfg.temp_dir))
+        self._results = _LRU(self.cfg.max_results)
+        self.default, self.notice = self._pick_default()
+
+    def _pick_default(self) -> tuple[str, str | None]:
+        """The configured default model if it loads, else the bundled one and a notice saying why."""
+        wanted = self.cfg.default_model
+        try:
+            self.models.predictor(wanted)
+            return wanted, None
+        except CastLoadError as e:
+            if wanted == BUNDLED:
+                raise
+            reason = str(e).split("\n")[0].split(". ")[0]
+            log.warning("default model %s unavailable (%s); using the bundled model", wanted, e)
+            self.models.predictor(BUNDLED)
+            return BUNDLED, (
+                f"**Offline mode**: the default model {wanted} could not be loaded ({reason}). Showing the bundled "
+                "model instead: cast_tiny trained on PartShapes (10 synthetic shape classes), so its class names "
+                "are shapes, not ImageNet classes."
+            )
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- segmentation --------------------------------------------------------------------
+    def segment(self, path: str | Path, model: str) -> Result:
+        """Segment an image file with a listed model; cached by (model, file content).
+
+        Raises:
+            cast.ImageReadError: the file is not an image we accept.
+            cast.CastLoadError: the model is not available.
+        """
+        data = Path(path).read_bytes()
+        key = (model, hashlib.sha1(data).hexdigest())
+        hit = self._results.get(key)
+        if hit is not None:
+            return hit
+        predictor = self.models.predictor(model)
+        buffer = io.BytesIO(data)
+        buffer.name = Path(path).name  # for messages and the JSON's image name
+        tree = predictor(buffer)
+        photo = display_photo(data, self.cfg.display_size)
+        folder = self.root / f"{key[1][:16]}-{abs(hash(model)) % 10**8}"
+        write_downloads(tree, folder)
+        result = Result(tree=tree, model=model, photo=photo, folder=folder)
+        self._results.put(key, result)
+        return result
+
+    def recognise(self, result: Result, key: str) -> list[tuple[str, float]] | None:
+        """Masked-image recognition of one segment (cached in the tree); None without a classifier."""
+        predictor = self.models.predictor(result.model)
+        if not predictor.has_head or not key.startswith("L"):
+            return None
+        if key not in result.tree.segment_predictions:
+            predictor.predict_segments(result.tree, [key])
+            result.write_json()
+        return result.tree.segment_predictions[key]
+
+    def compare(self, result: Result) -> Hierarchy:
+        """The ViT + k-means tree of the same image (cached on the result)."""
+        if result.baseline is None:
+            segmenter = self.models.baseline(result.model)
+            image = Image.fromarray(result.tree.working_image)  # what CAST saw; k-means runs at that size
+            tree = segmenter(np.asarray(image))
+            result.baseline = tree
+        return result.baseline
+
+    def precompute(self, paths: list[Path]) -> None:
+        """Segment the example images with the default model (run in a background thread)."""
+        for p in paths:
+            try:
+                self.segment(p, self.default)
+            except Exception as e:  # an example that fails must not stop the app
+                log.warning("example %s: %s", p, e)
+
+
+def display_photo(data: bytes, size: int) -> np.ndarray:
+    """The input image, EXIF-corrected, with its longest side at most ``size`` pixels."""
+    src = read_image(data, draft_to=size)
+    img = Image.fromarray(src.rgb)
+    w, h = src.size
+    scale = min(1.0, size / max(w, h))
+    target = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if img.size != target:
+        img = img.resize(target, Image.Resampling.LANCZOS)
+    return np.asarray(img)
+
+
+def write_downloads(tree: Hierarchy, folder: Path) -> None:
+    """``hierarchy.json``, the label-map PNGs and ``labels.zip`` (the PNGs) into ``folder``."""
+    tree.save(folder)
+    with zipfile.ZipFile(folder / "labels.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name in [f"level{lv}.png" for lv in range(1, 5)] + ["superpixels.png"]:
+            z.write(folder / name, arcname=name)
+        z.writestr("README.txt", (
+            "CAST Explorer label maps at the original image resolution.\n"
+            "level1.png (finest) .. level4.png (coarsest): 8-bit, pixel value = segment id of that level.\n"
+            "superpixels.png: 16-bit superpixel ids. hierarchy.json (separate download) holds the tree.\n"
+        ))
