@@ -175,7 +175,7 @@ class Result:
     tree: Hierarchy
     model: str
     photo: np.ndarray  # [h, w, 3] uint8, the input at display size
-    folder: Path  # hierarchy.json, level{1..4}.png, superpixels.png, labels.zip
+    folder: Path  # hierarchy.json, labels.zip
     baseline: Hierarchy | None = None  # the ViT + k-means tree, once computed
 
     @property
@@ -292,13 +292,21 @@ def display_photo(data: bytes, size: int) -> np.ndarray:
 
 
 def write_downloads(tree: Hierarchy, folder: Path) -> None:
-    """``hierarchy.json``, the label-map PNGs and ``labels.zip`` (the PNGs) into ``folder``."""
-    tree.save(folder)
-    with zipfile.ZipFile(folder / "labels.zip", "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name in [f"level{lv}.png" for lv in range(1, 5)] + ["superpixels.png"]:
-            z.write(folder / name, arcname=name)
+    """``hierarchy.json`` and ``labels.zip`` (level1..4.png, superpixels.png at the original
+    resolution, as :meth:`cast.Hierarchy.save` writes them) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "hierarchy.json").write_text(tree.to_json(indent=1))
+    maps = [(f"level{lv}.png", m) for lv, m in enumerate(tree.label_maps, start=1)]
+    maps.append(("superpixels.png", tree.superpixels.astype(np.uint16)))
+    tmp = folder / "labels.zip.tmp"
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:  # PNGs are compressed already
+        for name, m in maps:
+            buf = io.BytesIO()
+            Image.fromarray(m).save(buf, "PNG", compress_level=1)
+            z.writestr(name, buf.getvalue())
         z.writestr("README.txt", (
             "CAST Explorer label maps at the original image resolution.\n"
             "level1.png (finest) .. level4.png (coarsest): 8-bit, pixel value = segment id of that level.\n"
             "superpixels.png: 16-bit superpixel ids. hierarchy.json (separate download) holds the tree.\n"
         ))
+    tmp.replace(folder / "labels.zip")

@@ -10,14 +10,16 @@ Element ids (stable; tests and scripts use them): ``input-image``, ``model``, ``
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image
 
 from cast import CastError, CastLoadError, ImageReadError
 
@@ -25,10 +27,12 @@ from .render import (
     OverlayStyle,
     colours,
     compare_summary,
+    encode_png,
     icicle_html,
     level_predictions_html,
     overlay,
     panel_html,
+    view_colours,
     view_overlay,
 )
 from .service import Explorer
@@ -44,6 +48,25 @@ except ImportError:  # pragma: no cover - the usual case
 
     def gpu(fn: Any) -> Any:
         return fn
+
+
+TIMINGS = os.environ.get("CAST_APP_TIMINGS", "") not in ("", "0")  # log each callback's server time
+
+
+def timed(fn: Any) -> Any:
+    """Log ``timing <callback> <ms>`` when ``CAST_APP_TIMINGS=1`` (read by benchmarks/app_latency.py)."""
+    if not TIMINGS:
+        return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            log.info("timing %s %.2f", fn.__name__, (time.perf_counter() - t0) * 1000)
+
+    return wrapper
 
 
 CLICK_JS = """
@@ -131,13 +154,13 @@ def build(explorer: Explorer) -> gr.Blocks:
         folder = session_dir / view.notes[0] if view.notes else session_dir
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / name
-        Image.fromarray(image).save(path, compress_level=1)
+        path.write_bytes(encode_png(image))
         return str(path)
 
     def render(view: View, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
                pending: bool = False) -> tuple[str, str, str]:
-        table = colours(view.tree)
-        image = view_overlay(view, OverlayStyle(int(level), float(opacity), bool(bounds), bool(dim)), table)
+        table = view_colours(view)
+        image = view_overlay(view, OverlayStyle(int(level), float(opacity), bool(bounds), bool(dim)))
         path = overlay_file(view, image)
         tree_html = icicle_html(view.tree, view.selected, bool(equal), table)
         info = view.info(view.selected) if view.selected else None
@@ -160,6 +183,7 @@ def build(explorer: Explorer) -> gr.Blocks:
 
     # -- callbacks ---------------------------------------------------------------------------
     @gpu
+    @timed
     def segment(image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
         """Segment a photo into CAST's part-to-whole tree.
 
@@ -172,6 +196,8 @@ def build(explorer: Explorer) -> gr.Blocks:
             result = explorer.segment(image, model)
         except CastError as e:
             raise _error(e) from None
+        for note in result.tree.image_notes:
+            gr.Warning(f"{result.tree.image_name}: {note}", title="Image converted")
         view = View.of(result)
         view.notes = [uuid.uuid4().hex]
         overlay_path, tree_html, panel = render(view, level, opacity, bounds, dim, equal)
@@ -191,6 +217,7 @@ def build(explorer: Explorer) -> gr.Blocks:
         path, tree_html, panel = render(view, lv, opacity, bounds, dim, equal, pending=needs_recognition(view))
         return view, lv, path, tree_html, panel, path
 
+    @timed
     def on_overlay_click(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
                          evt: gr.SelectData):
         if view is None:
@@ -198,6 +225,7 @@ def build(explorer: Explorer) -> gr.Blocks:
         x, y = evt.index
         return select(view, view.key_at(x, y, int(level)), int(level), opacity, bounds, dim, equal)
 
+    @timed
     def on_tree_click(view: View | None, opacity: float, bounds: bool, dim: bool, equal: bool, evt: gr.SelectData):
         key = str(evt.index)
         if view is None:
@@ -209,6 +237,7 @@ def build(explorer: Explorer) -> gr.Blocks:
         return select(view, key, None, opacity, bounds, dim, equal)
 
     @gpu
+    @timed
     def recognise(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
         if not needs_recognition(view):
             return gr.skip(), gr.skip()
@@ -218,8 +247,9 @@ def build(explorer: Explorer) -> gr.Blocks:
         except CastError as e:
             raise _error(e) from None
         info = view.info(view.selected)
-        return panel_html(info, colours(view.tree), True), str(view.result.json_path)
+        return panel_html(info, view_colours(view), True), str(view.result.json_path)
 
+    @timed
     def restyle(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
         if view is None:
             return gr.skip(), gr.skip(), gr.skip()

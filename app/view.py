@@ -8,6 +8,7 @@ Selection keys: ``"root"`` (the whole image), ``"L4-2"`` (segment 2 of level 4, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -94,6 +95,7 @@ class View:
     baseline_maps: dict[int, np.ndarray] | None = None
     compare_point: tuple[int, int] | None = None  # last clicked pixel in the compare view
     notes: list[str] = field(default_factory=list)
+    cache: dict[str, Any] = field(default_factory=dict)  # drawing caches (colours, unselected overlay layers)
 
     @classmethod
     def of(cls, result: Result) -> View:

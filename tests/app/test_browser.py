@@ -1,0 +1,79 @@
+"""One real-browser test: Debian's Chromium driven by Playwright (never `playwright install`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("CAST_TEST_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def _panel_text(page) -> str:
+    return page.locator("#segment-panel").inner_text()
+
+
+def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: install Debian's chromium (apt-get install chromium)"
+    url, _ = app_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1600})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url, wait_until="domcontentloaded")
+            expect(page.locator("#notice")).to_contain_text("Offline mode", timeout=30_000)
+            page.wait_for_selector("#input-image input[type=file]", state="attached", timeout=30_000)
+            page.set_input_files("#input-image input[type=file]", str(uploads["wide.jpg"]))
+
+            # the upload is segmented: overlay, tree and per-level predictions appear
+            page.wait_for_selector("#overlay img", timeout=60_000)
+            page.wait_for_selector('#tree rect[data-node="L4-0"]', timeout=60_000)
+            expect(page.locator("#level-predictions")).to_contain_text("level 4", timeout=30_000)
+            empty = _panel_text(page)
+            assert "No segment selected" in empty
+
+            # click the overlay: the segment under the click (level 2 by default) fills the panel
+            overlay = page.locator("#overlay img")
+            overlay.scroll_into_view_if_needed()
+            box = overlay.bounding_box()
+            assert box is not None
+            overlay.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.6})
+            expect(page.locator("#segment-panel h4")).to_contain_text("Segment L2-", timeout=30_000)
+            clicked = page.locator("#segment-panel h4").inner_text()
+            expect(page.locator("#tree .selected")).to_have_count(1)
+            # masked-image recognition arrives after the click
+            expect(page.locator("#segment-panel")).to_contain_text("Segment on its own", timeout=30_000)
+
+            # click a tree node: the panel switches to it and the level control follows
+            target = "L4-1" if "L4-1" not in clicked else "L4-0"
+            node = page.locator(f'#tree rect[data-node="{target}"]')
+            node.scroll_into_view_if_needed()
+            node.click()
+            expect(page.locator("#segment-panel h4")).to_have_text(f"Segment {target}", timeout=30_000)
+            expect(page.locator("#level input[value='4']")).to_be_checked()
+            expect(page.locator("#tree .breadcrumb .crumb.current")).to_contain_text(target)
+            assert _panel_text(page) != empty
+
+            # and a child chip in the panel navigates down the tree
+            chip = page.locator("#segment-panel .chip").last
+            child = chip.get_attribute("data-node")
+            chip.click()
+            expect(page.locator("#segment-panel h4")).to_have_text(f"Segment {child}", timeout=30_000)
+
+            shot = tmp_path / "app.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    pytest.main([__file__, "-q"])

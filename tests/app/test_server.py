@@ -1,0 +1,145 @@
+"""The launched app through gradio_client and plain HTTP: the public API, bad uploads, concurrency,
+what is served and the offline notice."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from cast.hierarchy import SCHEMA_NAME, SCHEMA_VERSION
+
+from .conftest import ABSENT_MODEL
+
+OUTPUTS = ["overlay", "tree", "panel", "level_predictions", "json_file", "labels_zip", "overlay_file", "hierarchy", "status"]
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    url, _ = app_server
+    return Client(url, verbose=False)
+
+
+def segment(client: Client, path: Path) -> dict:
+    out = client.predict(handle_file(str(path)), api_name="/segment")
+    assert len(out) == len(OUTPUTS)
+    return dict(zip(OUTPUTS, out))
+
+
+def test_one_public_endpoint(client):
+    api = client.view_api(print_info=False, return_format="dict")
+    assert list(api["named_endpoints"]) == ["/segment"]
+    assert not api["unnamed_endpoints"]
+    params = api["named_endpoints"]["/segment"]["parameters"]
+    assert params[0]["parameter_name"] == "image"
+    assert all(p["parameter_has_default"] for p in params[1:])  # only the image is required
+
+
+def test_good_photo_gives_the_hierarchy(client, uploads):
+    out = segment(client, uploads["good.jpg"])
+    tree = out["hierarchy"]
+    assert tree["schema"] == SCHEMA_NAME and tree["version"] == SCHEMA_VERSION
+    assert tree["image"] == {"width": 192, "height": 192, "name": "good.jpg", "notes": []}
+    counts = [lv["num_segments"] for lv in tree["levels"]]
+    assert len(tree["nodes"]) == sum(counts) and 1 <= counts[3] <= counts[2] <= counts[1] <= counts[0] <= 64
+    assert tree["model"]["source"] == "bundled" and len(tree["level_predictions"]) == 4
+    assert json.loads(Path(out["json_file"]).read_text()) == tree  # the download is the same tree
+    overlay = Image.open(out["overlay"])
+    assert overlay.format == "PNG" and overlay.size == (192, 192)
+    assert Path(out["labels_zip"]).stat().st_size > 0
+    assert 'data-node="L4-0"' in out["tree"] and "level 4" in out["level_predictions"]
+    assert "bundled" in out["status"]
+
+
+@pytest.mark.parametrize("name, message", [
+    ("notes.txt", "not an image file"),
+    ("empty.png", "not an image file"),
+    ("truncated.jpg", "cannot"),
+    ("bomb.png", "too large"),
+    ("tiny.png", "too small"),
+])
+def test_bad_uploads_get_a_clear_error_and_the_server_keeps_serving(client, uploads, name, message):
+    with pytest.raises(Exception) as err:
+        segment(client, uploads[name])
+    text = str(err.value)
+    assert message in text and name in text, text
+    assert "Traceback" not in text
+    assert segment(client, uploads["good.jpg"])["hierarchy"]["schema"] == SCHEMA_NAME
+
+
+@pytest.mark.parametrize("name, note", [
+    ("cmyk.jpg", "CMYK image converted"),
+    ("deep16.png", "I;16 image converted"),
+    ("animated.gif", "first frame is used"),
+])
+def test_odd_but_readable_uploads_are_segmented_and_the_conversion_is_reported(client, uploads, name, note):
+    out = segment(client, uploads[name])
+    assert any(note in n for n in out["hierarchy"]["image"]["notes"])
+    assert note in out["status"]
+
+
+def test_files_above_the_size_limit_are_refused(app_server, client, tmp_path):
+    import httpx
+
+    big = tmp_path / "big.png"
+    big.write_bytes(np.random.default_rng(0).integers(0, 256, 6 * 2**20, dtype=np.uint8).tobytes())
+    with pytest.raises(Exception, match="exceeds the maximum file size"):
+        segment(client, big)  # the client refuses before uploading
+    r = httpx.post(f"{app_server[0]}gradio_api/upload", files={"files": ("big.png", big.read_bytes())}, timeout=30)
+    assert r.status_code == 413  # and so does the server, for clients that don't check
+
+
+def test_eight_concurrent_clients_are_all_answered(app_server, photo, tmp_path):
+    url, _ = app_server
+    paths = []
+    for i in range(8):  # eight different photos: no result-cache hits
+        p = tmp_path / f"crop{i}.jpg"
+        Image.fromarray(photo[i * 20: i * 20 + 300, i * 15: i * 15 + 320]).save(p, quality=90)
+        paths.append(p)
+
+    def one(p: Path) -> dict:
+        return segment(Client(url, verbose=False), p)["hierarchy"]
+
+    with ThreadPoolExecutor(8) as pool:
+        trees = list(pool.map(one, paths))
+    assert [t["image"]["name"] for t in trees] == [p.name for p in paths]
+    assert all(t["schema"] == SCHEMA_NAME and t["nodes"] for t in trees)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_only_assets_and_gradio_cache_are_served(app_server, client, uploads):
+    url, explorer = app_server
+    repo = Path(__file__).resolve().parents[2]
+    out = segment(client, uploads["good.jpg"])
+    assert _status(f"{url}gradio_api/file={out['json_file']}") == 200  # outputs live in Gradio's cache
+    assert _status(f"{url}gradio_api/file={repo / 'assets' / 'examples' / 'chelsea.jpg'}") == 200
+    for path in [repo / "README.md", repo / "app.py", repo / "cast" / "hub.py", Path("/etc/passwd"),
+                 repo / "assets" / ".." / "README.md", next(explorer.root.rglob("hierarchy.json")),
+                 repo / "assets" / "bundled" / ".." / ".." / "requirements.txt"]:
+        assert _status(f"{url}gradio_api/file={path}") in (403, 404), path
+
+
+def test_the_page_says_it_fell_back_to_the_bundled_model(app_server):
+    url, explorer = app_server
+    assert explorer.default == "bundled" and ABSENT_MODEL in (explorer.notice or "")
+    with urllib.request.urlopen(f"{url}config", timeout=10) as r:
+        config = json.loads(r.read())
+    notice = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "notice"][0]["props"]
+    assert notice["visible"] and "Offline mode" in notice["value"] and "bundled" in notice["value"]
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert {"input-image", "segment-button", "overlay", "level", "tree", "segment-panel", "level-predictions",
+            "download-json"} <= ids

@@ -1,0 +1,77 @@
+"""The app's engine without a server: which models are offered, loading and caching them, the
+default model online (pre-populated Hub cache) and offline, and the ViT comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cast
+from app.service import Explorer, ModelStore
+from cast.weights import PUBLISHED
+from tests.helpers import populate_hub_cache, random_state_dict, write_deit_file
+
+from .conftest import ABSENT_MODEL, app_config
+
+
+def test_selector_lists_published_bundled_and_own_folders(explorer, models_dir):
+    choices = {c.name: c for c in explorer.models.choices()}
+    assert choices["bundled"].kind == "bundled"
+    assert {n for n, w in PUBLISHED.items() if w.arch.startswith("cast")} <= set(choices)
+    assert not any(n.startswith("vit_") for n in choices)  # ViT baselines are not CAST models
+    folders = [c for c in choices.values() if c.kind == "folder"]
+    assert [c.name for c in folders] == [str((models_dir / "my_cast").resolve())]  # the ViT folder is not listed
+
+
+def test_models_load_once_are_bounded_and_failures_are_clear(tmp_path, models_dir):
+    store = ModelStore(app_config(tmp_path, models_dir, max_models=1))
+    folder = str((models_dir / "my_cast").resolve())
+    first = store.predictor("bundled")
+    assert store.predictor("bundled") is first  # cached
+    assert isinstance(store.predictor(folder), cast.Predictor)
+    assert store.loaded() == [folder]  # bounded: the least recently used model was dropped
+    with pytest.raises(cast.CastLoadError, match="unknown model"):
+        store.predictor("/etc")  # only listed models can be asked for
+    with pytest.raises(cast.CastLoadError, match="not in the local Hub cache"):
+        store.predictor(ABSENT_MODEL)
+    assert store.loaded() == [folder]  # a failed load leaves the loaded model in place
+
+
+def test_default_is_the_published_model_when_the_hub_cache_has_it(tmp_path, models_dir, hub_cache):
+    w = PUBLISHED["cast_small.deit_in1k"]
+    ref = hub_cache / ("models--" + w.hub_repo.replace("/", "--")) / "refs" / "main"
+    previous = ref.read_text() if ref.exists() else None  # the cache is shared with tests/test_hub.py
+    path = write_deit_file(tmp_path / "deit.pth", random_state_dict("deit_family_cast_small", seed=3))
+    populate_hub_cache(hub_cache, w.hub_repo, {w.hub_file: path}, commit="a" * 40)
+    ex = Explorer(app_config(tmp_path / "ex", models_dir, default_model="cast_small.deit_in1k"))
+    try:
+        assert ex.default == "cast_small.deit_in1k" and ex.notice is None
+        assert ex.models.predictor(ex.default).info.weights == "cast_small.deit_in1k"
+    finally:
+        ex.close()
+        if previous is None:
+            ref.unlink()
+        else:
+            ref.write_text(previous)
+
+
+def test_offline_default_falls_back_to_the_bundled_model(tmp_path, models_dir):
+    ex = Explorer(app_config(tmp_path, models_dir, default_model=ABSENT_MODEL))
+    try:
+        assert ex.default == "bundled"
+        assert "Offline mode" in ex.notice and ABSENT_MODEL in ex.notice
+    finally:
+        ex.close()
+
+
+def test_compare_segments_the_same_image_with_the_vit_baseline(explorer, uploads):
+    result = explorer.segment(uploads["good.jpg"], "bundled")
+    vit_tree = explorer.compare(result)
+    assert explorer.compare(result) is vit_tree  # cached on the result
+    assert vit_tree.model["name"].startswith("vit_tiny")
+    assert vit_tree.working_image.shape == result.tree.working_image.shape
+    for level in (1, 2, 3, 4):  # nested levels, as many segments as the k-means asked for at most
+        assert 1 <= len(vit_tree.nodes_at(level)) <= result.tree.num_clusters[level - 1]
+    np.testing.assert_array_equal(vit_tree.parents[0][vit_tree.label_maps[0]], vit_tree.label_maps[1])
+    with pytest.raises(cast.CastLoadError, match="no ViT baseline"):
+        explorer.models.baseline("some/other-model")
