@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import cast
+from cast.errors import ImageReadError
 from cast.image import read_image
 
 
@@ -33,6 +34,7 @@ def test_cmyk_jpeg(photo, tmp_path):
     out = read_image(p)
     assert out.rgb.shape == (512, 512, 3) and out.rgb.dtype == np.uint8
     assert np.abs(out.rgb.astype(int) - photo.astype(int)).mean() < 40
+    assert out.notes == ("CMYK image converted to 8-bit RGB",) and out.name == "cmyk.jpg"
 
 
 def test_16bit_png(tmp_path):
@@ -42,6 +44,7 @@ def test_16bit_png(tmp_path):
     out = read_image(p)
     assert out.size == (64, 32) and out.rgb.shape == (32, 64, 3)
     assert out.rgb[0, 0, 0] == 0 and out.rgb[-1, -1, 0] == 255
+    assert out.notes == ("I;16 image converted to 8-bit RGB",)
 
 
 def test_rgba_composited_on_white():
@@ -50,6 +53,7 @@ def test_rgba_composited_on_white():
     rgba[:, 5:, 3] = 255  # left half transparent
     out = read_image(_png_bytes(Image.fromarray(rgba, "RGBA")))
     assert tuple(out.rgb[0, 0]) == (255, 255, 255) and tuple(out.rgb[0, 9]) == (255, 0, 0)
+    assert out.notes == ("transparent areas composited on white",)
 
 
 def test_palette_and_grayscale(photo):
@@ -76,6 +80,20 @@ def test_animated_gif_first_frame(tmp_path):
     frames[0].save(p, save_all=True, append_images=frames[1:], duration=100)
     out = read_image(p)
     assert out.rgb.shape == (10, 20, 3) and out.rgb[5, 5, 0] > 200 and out.rgb[5, 5, 2] < 50
+    assert out.notes == ("animated image (2 frames): the first frame is used",)
+
+
+def test_too_small_is_refused_and_named(tmp_path):
+    p = tmp_path / "speck.png"
+    Image.new("RGB", (3, 5)).save(p)
+    with pytest.raises(ImageReadError, match=r"speck.png: too small \(3x5 px\)"):
+        read_image(p)
+    assert read_image(_png_bytes(Image.new("RGB", (8, 8)))).rgb.shape == (8, 8, 3)
+    named = io.BytesIO(p.read_bytes())
+    named.name = "/some/where/upload.png"  # file objects report their base name
+    with pytest.raises(ImageReadError, match="^upload.png: too small"):
+        read_image(named)
+    assert read_image(Image.new("RGB", (8, 8))).notes == ()
 
 
 def test_truncated_jpeg_is_a_clear_error(photo, tmp_path):

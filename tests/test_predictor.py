@@ -84,7 +84,7 @@ def test_json_schema_and_save(tiny_predictor, photo, tmp_path):
     tree = tiny_predictor(photo)
     d = json.loads(tree.to_json())
     assert d["schema"] == SCHEMA_NAME and d["version"] == SCHEMA_VERSION
-    assert d["image"] == {"width": 512, "height": 512, "name": ""}
+    assert d["image"] == {"width": 512, "height": 512, "name": "", "notes": []}
     assert [lv["num_segments"] for lv in d["levels"]] == tree.num_segments
     assert len(d["nodes"]) == sum(tree.num_segments)
     assert d["nodes"][0]["key"] == "L1-0" and "class_names" not in d["model"]
