@@ -24,6 +24,7 @@ class AppConfig:
     examples_dir: Path = ASSETS / "examples"  # example images, precomputed at start
     max_models: int = 2  # loaded models kept in memory (least recently used dropped)
     max_results: int = 32  # segmented images kept for instant re-display (examples, repeated uploads)
+    max_result_megapixels: int = 300  # ... and at most this many original pixels in all (~6 bytes each)
     max_file_size: str = "20mb"  # uploads above this are refused by the client and server
     queue_size: int = 32  # requests waiting beyond this get Gradio's "busy" message
     workers: int = 2  # segmentations run at once (one per core on a 2-vCPU Space)

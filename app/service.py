@@ -10,6 +10,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import uuid
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -42,11 +43,14 @@ class ModelChoice:
 
 
 class _LRU:
-    """A small thread-safe least-recently-used map."""
+    """A small thread-safe least-recently-used map, bounded by entries and optionally by a total
+    weight (the newest entry is always kept)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_weight: float = float("inf")) -> None:
         self.size = max(1, size)
+        self.max_weight = max_weight
         self._d: OrderedDict[Any, Any] = OrderedDict()
+        self._w: dict[Any, float] = {}
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
@@ -56,12 +60,14 @@ class _LRU:
             self._d.move_to_end(key)
             return self._d[key]
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: Any, value: Any, weight: float = 0.0) -> None:
         with self._lock:
             self._d[key] = value
+            self._w[key] = weight
             self._d.move_to_end(key)
-            while len(self._d) > self.size:
-                self._d.popitem(last=False)
+            while len(self._d) > 1 and (len(self._d) > self.size or sum(self._w.values()) > self.max_weight):
+                old, _ = self._d.popitem(last=False)
+                del self._w[old]
 
     def keys(self) -> list[Any]:
         with self._lock:
@@ -188,7 +194,7 @@ class Result:
 
     def write_json(self) -> Path:
         """Rewrite ``hierarchy.json`` (after on-demand segment predictions were added)."""
-        tmp = self.json_path.with_suffix(".tmp")
+        tmp = self.json_path.with_suffix(f".{uuid.uuid4().hex}.tmp")  # sessions may share this result
         tmp.write_text(self.tree.to_json(indent=1))
         tmp.replace(self.json_path)
         return self.json_path
@@ -203,7 +209,7 @@ class Explorer:
         if self.cfg.temp_dir is not None:
             Path(self.cfg.temp_dir).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="cast-explorer-", dir=self.cfg.temp_dir))
-        self._results = _LRU(self.cfg.max_results)
+        self._results = _LRU(self.cfg.max_results, max_weight=self.cfg.max_result_megapixels * 1e6)
         self.default, self.notice = self._pick_default()
 
     def _pick_default(self) -> tuple[str, str | None]:
@@ -248,7 +254,8 @@ class Explorer:
         folder = self.root / f"{key[1][:16]}-{abs(hash(model)) % 10**8}"
         write_downloads(tree, folder)
         result = Result(tree=tree, model=model, photo=photo, folder=folder)
-        self._results.put(key, result)
+        w, h = tree.size
+        self._results.put(key, result, weight=w * h)  # full-resolution label maps: ~6 bytes per pixel
         return result
 
     def recognise(self, result: Result, key: str) -> list[tuple[str, float]] | None:

@@ -262,7 +262,8 @@ def build(explorer: Explorer) -> gr.Blocks:
         try:
             explorer.models.predictor(model)
         except CastError as e:
-            gr.Warning(f"{model} could not be loaded, still using {previous}: {e}", title="Model not available")
+            reason = str(e).split(". ")[0]
+            gr.Warning(f"{model} could not be loaded, still using {previous}: {reason}.", title="Model not available")
             return previous, gr.skip(), previous
         gr.Info(f"Model: {explorer.models.label(model)}")
         return model, gr.skip(), model
@@ -327,7 +328,7 @@ def build(explorer: Explorer) -> gr.Blocks:
                     model = gr.Dropdown(choices, value=explorer.default, label="Model", elem_id="model")
                     button = gr.Button("Segment", variant="primary", elem_id="segment-button")
                     gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples (photos and PartShapes)",
-                                examples_per_page=12)
+                                examples_per_page=12, api_visibility="private")
                 with gr.Column(scale=3, min_width=360):
                     overlay_img = gr.Image(label="Segments (click one)", type="filepath", format="png", interactive=False,
                                            elem_id="overlay", buttons=["fullscreen"])
@@ -383,7 +384,7 @@ def build(explorer: Explorer) -> gr.Blocks:
                           show_progress="hidden", trigger_mode="always_last")
         opacity.release(restyle, [view_state, *controls], [overlay_img, tree, dl_overlay], api_visibility="private",
                         show_progress="hidden", trigger_mode="always_last")
-        model.input(change_model, [model, active_model], [model, status, active_model], api_visibility="private",
+        model.select(change_model, [model, active_model], [model, status, active_model], api_visibility="private",
                     concurrency_limit=1, concurrency_id="load").success(
             resegment, [image, model, *controls], seg_outputs, api_visibility="private", **seg_kw)
         compare_button.click(compare, [view_state, compare_level], [view_state, cast_img, vit_img, compare_text],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,31 @@ def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+
+            # a model that cannot be loaded (offline, not cached): a message, and the previous one stays
+            model_input = page.locator("#model input")
+            before = model_input.input_value()
+            model_input.click()
+            page.get_by_role("option", name=re.compile("^cast_small_deep")).click()
+            toasts = page.locator("[data-testid='toast-text']", has_text="could not be loaded")
+            expect(toasts.first).to_be_visible(timeout=30_000)
+            expect(model_input).to_have_value(before, timeout=30_000)
+            page.locator("#status").click()  # leave the dropdown: no second attempt to load
+            page.wait_for_timeout(1000)
+            expect(toasts).to_have_count(1)
+
+            # Compare: CAST and ViT + k-means side by side, a click outlines the segment in both
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-button").click()
+            page.wait_for_selector("#compare-cast img", timeout=60_000)
+            page.wait_for_selector("#compare-vit img", timeout=60_000)
+            cast_img = page.locator("#compare-cast img")
+            cast_img.scroll_into_view_if_needed()
+            box = cast_img.bounding_box()
+            assert box is not None
+            cast_img.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
+            expect(page.locator("#compare-summary")).to_contain_text("IoU", timeout=30_000)
+            page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
             assert not errors, errors
         finally:
             browser.close()

@@ -143,3 +143,24 @@ def test_the_page_says_it_fell_back_to_the_bundled_model(app_server):
     ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
     assert {"input-image", "segment-button", "overlay", "level", "tree", "segment-panel", "level-predictions",
             "download-json"} <= ids
+
+
+def test_a_full_queue_answers_busy(tmp_path, models_dir, uploads):
+    """A bounded queue refuses instead of piling up (the browser then shows Gradio's "This
+    application is currently busy" message); a queue of size 0 makes that deterministic."""
+    from app import create_app, launch_kwargs
+
+    from .conftest import app_config, free_port
+
+    cfg = app_config(tmp_path, models_dir, queue_size=0)
+    demo, explorer = create_app(cfg)
+    kwargs = launch_kwargs(cfg)
+    kwargs.update(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo.launch(**kwargs)
+    try:
+        client = Client(f"http://127.0.0.1:{kwargs['server_port']}/", verbose=False)
+        with pytest.raises(Exception, match="(?i)queue is full"):
+            client.predict(handle_file(str(uploads["good.jpg"])), api_name="/segment")
+    finally:
+        demo.close()
+        explorer.close()

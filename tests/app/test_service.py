@@ -75,3 +75,17 @@ def test_compare_segments_the_same_image_with_the_vit_baseline(explorer, uploads
     np.testing.assert_array_equal(vit_tree.parents[0][vit_tree.label_maps[0]], vit_tree.label_maps[1])
     with pytest.raises(cast.CastLoadError, match="no ViT baseline"):
         explorer.models.baseline("some/other-model")
+
+
+def test_result_cache_is_bounded_by_entries_and_pixels():
+    from app.service import _LRU
+
+    lru = _LRU(3, max_weight=100)
+    for i in range(5):
+        lru.put(i, str(i), weight=10)
+    assert lru.keys() == [2, 3, 4]  # entries
+    lru.get(2)  # used: now the most recent
+    lru.put("big", "b", weight=85)
+    assert lru.keys() == [2, "big"]  # weight: 10 + 85 <= 100, the least recently used went first
+    lru.put("huge", "h", weight=1000)
+    assert lru.keys() == ["huge"]  # the newest entry is kept even alone over the bound
