@@ -8,7 +8,9 @@ the same colours.
 
 from __future__ import annotations
 
+import base64
 import colorsys
+import functools
 import html
 import struct
 import zlib
@@ -349,6 +351,8 @@ def panel_html(info: SegmentInfo | None, table: dict[int, np.ndarray], has_head:
         ("parent", _chip(info.parent, table) if info.parent else "none"),
         ("children", " ".join(_chip(c, table) for c in info.children[:64]) or "none"),
     ]
+    if info.concepts is not None:
+        facts.append(("concepts", " → ".join(f"C{lv}-{k}" for lv, k in reversed(list(enumerate(info.concepts, start=1))))))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     out = [f'<div class="segment-panel" data-key="{info.key}"><h4>{title}</h4><table>{rows}</table>']
     if not has_head:
@@ -364,6 +368,47 @@ def panel_html(info: SegmentInfo | None, table: dict[int, np.ndarray], has_head:
                 out.append('<h5>Segment on its own (masked image)</h5><p class="muted pending">recognising…</p>')
     out.append("</div>")
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=512)
+def _data_uri(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return "data:image/jpeg;base64," + base64.b64encode(f.read()).decode()
+    except OSError:
+        return ""
+
+
+def _thumbs(files: list[str], limit: int = 4) -> str:
+    imgs = [f'<img src="{_data_uri(f)}" alt="" loading="lazy">' for f in files[:limit] if _data_uri(f)]
+    return f'<span class="thumbs">{"".join(imgs)}</span>' if imgs else ""
+
+
+def concepts_html(tree: Hierarchy, thumbnails: dict[tuple[int, int], list[str]] | None,
+                  segment: SegmentInfo | None = None) -> str:
+    """The image's concept path (coarse to fine, with representative training images) and, for a
+    selected segment, the segment's own nearest concepts."""
+    if not tree.concepts:
+        return ('<div class="concepts muted">This model has no concept hierarchy: concepts come from models '
+                'trained with HIRL (<code>hirl.enabled</code> in <code>train/</code>).</div>')
+    thumbnails = thumbnails or {}
+    rows = []
+    for step in reversed(tree.concepts):  # coarse first
+        seg_mark = ""
+        if segment is not None and segment.concepts is not None:
+            same = segment.concepts[step.level - 1] == step.id
+            seg_mark = '<span class="agree">segment agrees</span>' if same else (
+                f'<span class="differ">segment: C{step.level}-{segment.concepts[step.level - 1]}</span>')
+        files = step.thumbnails or thumbnails.get((step.level, step.id), [])
+        rows.append(f'<div class="concept-step"><span class="cid">C{step.level}-{step.id}</span>'
+                    f'<span class="conf">{step.confidence:.0%}</span>{_thumbs(files)}{seg_mark}</div>')
+    head = "Concept path of the image (coarse → fine), each with training images closest to it"
+    out = f'<div class="concepts"><h5>{head}</h5>{"".join(rows)}'
+    if segment is not None and segment.concepts is not None:
+        chain = " → ".join(f"C{lv}-{k}" for lv, k in reversed(list(enumerate(segment.concepts, start=1))))
+        out += f'<h5>Selected segment {html.escape(segment.key)}: {chain}</h5>'
+        out += "".join(_thumbs(thumbnails.get((lv, k), []), 3) for lv, k in reversed(list(enumerate(segment.concepts, start=1))))
+    return out + "</div>"
 
 
 PLOT_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"]
@@ -433,5 +478,6 @@ def compare_summary(cast_info: tuple[str, float] | None, vit_info: tuple[str, fl
 
 __all__ = [
     "colours", "view_colours", "overlay", "view_overlay", "base_overlay", "select_overlay", "encode_png", "OverlayStyle",
-    "icicle_layout", "icicle_html", "panel_html", "level_predictions_html", "breadcrumb_html", "boundaries", "compare_summary",
+    "icicle_layout", "icicle_html", "panel_html", "concepts_html",
+    "level_predictions_html", "breadcrumb_html", "boundaries", "compare_summary",
 ]

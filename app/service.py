@@ -183,6 +183,7 @@ class Result:
     photo: np.ndarray  # [h, w, 3] uint8, the input at display size
     folder: Path  # hierarchy.json, labels.zip
     baseline: Hierarchy | None = None  # the ViT + k-means tree, once computed
+    concept_thumbnails: dict[tuple[int, int], list[str]] | None = None  # (concept level, id) -> image files (HIRL models)
 
     @property
     def json_path(self) -> Path:
@@ -253,7 +254,8 @@ class Explorer:
         photo = display_photo(data, self.cfg.display_size)
         folder = self.root / f"{key[1][:16]}-{abs(hash(model)) % 10**8}"
         write_downloads(tree, folder)
-        result = Result(tree=tree, model=model, photo=photo, folder=folder)
+        result = Result(tree=tree, model=model, photo=photo, folder=folder,
+                        concept_thumbnails=predictor.concepts.thumbnails if predictor.concepts is not None else None)
         w, h = tree.size
         self._results.put(key, result, weight=w * h)  # full-resolution label maps: ~6 bytes per pixel
         return result

@@ -27,6 +27,7 @@ from .render import (
     OverlayStyle,
     colours,
     compare_summary,
+    concepts_html,
     encode_png,
     icicle_html,
     level_predictions_html,
@@ -107,6 +108,10 @@ svg.trend text { font-size: 11px; } svg.trend text.tick { fill: currentColor; }
 svg.trend .axis { stroke: currentColor; stroke-opacity: 0.5; }
 .muted { opacity: 0.7; } .small { font-size: 0.8em; }
 #notice { border-left: 4px solid #f28e2b; padding-left: 8px; }
+.concepts .concept-step { display: flex; align-items: center; gap: 8px; margin: 3px 0; }
+.concepts .cid { font-weight: 700; width: 56px; } .concepts .conf { width: 40px; font-variant-numeric: tabular-nums; }
+.concepts .thumbs img { width: 40px; height: 40px; margin-right: 2px; border-radius: 3px; object-fit: cover; }
+.concepts .agree { color: #59a14f; font-size: 0.85em; } .concepts .differ { color: #e15759; font-size: 0.85em; }
 """
 
 INTRO = """# CAST Explorer
@@ -158,14 +163,15 @@ def build(explorer: Explorer) -> gr.Blocks:
         return str(path)
 
     def render(view: View, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
-               pending: bool = False) -> tuple[str, str, str]:
+               pending: bool = False) -> tuple[str, str, str, str]:
         table = view_colours(view)
         image = view_overlay(view, OverlayStyle(int(level), float(opacity), bool(bounds), bool(dim)))
         path = overlay_file(view, image)
         tree_html = icicle_html(view.tree, view.selected, bool(equal), table)
         info = view.info(view.selected) if view.selected else None
         panel = panel_html(info, table, view.tree.level_predictions is not None, pending)
-        return path, tree_html, panel
+        concepts = concepts_html(view.tree, view.result.concept_thumbnails, info)
+        return path, tree_html, panel, concepts
 
     def status_text(view: View) -> str:
         tree = view.tree
@@ -200,13 +206,13 @@ def build(explorer: Explorer) -> gr.Blocks:
             gr.Warning(f"{result.tree.image_name}: {note}", title="Image converted")
         view = View.of(result)
         view.notes = [uuid.uuid4().hex]
-        overlay_path, tree_html, panel = render(view, level, opacity, bounds, dim, equal)
+        overlay_path, tree_html, panel, concepts = render(view, level, opacity, bounds, dim, equal)
         return (view, overlay_path, tree_html, panel, level_predictions_html(result.tree), str(result.json_path),
-                str(result.labels_path), overlay_path, result.tree.to_dict(), status_text(view))
+                str(result.labels_path), overlay_path, result.tree.to_dict(), status_text(view), concepts)
 
     def resegment(image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
         if image is None:
-            return (gr.skip(),) * 10
+            return (gr.skip(),) * 11
         return segment(image, model, level, opacity, bounds, dim, equal)
 
     def select(view: View | None, key: str, level: int | None, opacity: float, bounds: bool, dim: bool, equal: bool):
@@ -214,8 +220,8 @@ def build(explorer: Explorer) -> gr.Blocks:
             raise gr.Error("The session has expired or no image is segmented yet: segment a photo first.", title="No image")
         view.selected = key
         lv = key_level(key) if level is None else level
-        path, tree_html, panel = render(view, lv, opacity, bounds, dim, equal, pending=needs_recognition(view))
-        return view, lv, path, tree_html, panel, path
+        path, tree_html, panel, concepts = render(view, lv, opacity, bounds, dim, equal, pending=needs_recognition(view))
+        return view, lv, path, tree_html, panel, path, concepts
 
     @timed
     def on_overlay_click(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
@@ -253,7 +259,7 @@ def build(explorer: Explorer) -> gr.Blocks:
     def restyle(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
         if view is None:
             return gr.skip(), gr.skip(), gr.skip()
-        path, tree_html, _ = render(view, level, opacity, bounds, dim, equal)
+        path, tree_html, _, _ = render(view, level, opacity, bounds, dim, equal)
         return path, tree_html, path
 
     def change_model(model: str, previous: str):
@@ -343,6 +349,8 @@ def build(explorer: Explorer) -> gr.Blocks:
                 with gr.Column(scale=3):
                     tree = gr.HTML(icicle_placeholder(), js_on_load=CLICK_JS, elem_id="tree", label="Tree")
                     equal = gr.Checkbox(False, label="Equal-width leaves", elem_id="equal-width")
+                    gr.Markdown("### Concepts (semantic hierarchy)")
+                    concepts_panel = gr.HTML("", elem_id="concepts")
                 with gr.Column(scale=2):
                     panel = gr.HTML(panel_html(None, {}, True), js_on_load=CLICK_JS, elem_id="segment-panel")
             gr.Markdown("### What the model sees at each level")
@@ -367,8 +375,9 @@ def build(explorer: Explorer) -> gr.Blocks:
 
         # -- events -------------------------------------------------------------------------
         controls = [level, opacity, bounds, dim, equal]
-        seg_outputs = [view_state, overlay_img, tree, panel, level_preds, dl_json, dl_labels, dl_overlay, json_out, status]
-        sel_outputs = [view_state, level, overlay_img, tree, panel, dl_overlay]
+        seg_outputs = [view_state, overlay_img, tree, panel, level_preds, dl_json, dl_labels, dl_overlay, json_out, status,
+                       concepts_panel]
+        sel_outputs = [view_state, level, overlay_img, tree, panel, dl_overlay, concepts_panel]
         seg_kw: dict[str, Any] = dict(concurrency_limit=cfg.workers, concurrency_id="segment")
         button.click(segment, [image, model, *controls], seg_outputs, api_name="segment", api_visibility="public", **seg_kw)
         image.change(resegment, [image, model, *controls], seg_outputs, api_visibility="private", **seg_kw)

@@ -83,6 +83,7 @@ class SegmentInfo:
     token_predictions: list[tuple[str, float]] | None  # the segment's own token through the head
     masked_predictions: list[tuple[str, float]] | None  # the segment alone (masked image), on demand
     bbox: tuple[int, int, int, int] | None = None
+    concepts: list[int] | None = None  # nearest semantic prototype per concept level (HIRL models)
 
 
 @dataclass
@@ -148,5 +149,5 @@ class View:
         children = [node_key(level - 1, c) for c in node.children]
         return SegmentInfo(
             key, level, node_id, node.area / (w * h), parent, children, path_keys(tree, key),
-            node.predictions, tree.segment_predictions.get(key), node.bbox,
+            node.predictions, tree.segment_predictions.get(key), node.bbox, node.concepts,
         )

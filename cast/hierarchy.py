@@ -17,6 +17,10 @@ JSON schema (``schema == "cast-hierarchy"``, ``version == 1``)::
                  "mean_color": [r, g, b], "predictions": [[label, probability], ...] | null}, ...],
       "parents": [[level-2 id of each level-1 id], [level-3 ids], [level-4 ids]],
       "level_predictions": [[[label, probability] x top-k] x 4] | null,
+      "segment_predictions": {"L2-5": [[label, probability], ...]} (masked-image recognition, on demand),
+      "concepts": [{"level": 1.., "id": prototype, "confidence": float, "thumbnails": [file names]}] | null
+                  (HIRL models: the image's fine-to-coarse concept path; each node also has
+                   "concepts": [nearest prototype per concept level] | null),
       "superpixels": {"count": S, "working_size": [w, h], "to_level1": [level-1 id per superpixel]},
       "timings": {"stage": seconds, ...}
     }
@@ -73,6 +77,7 @@ class Node:
     mean_color: tuple[int, int, int]  # RGB
     predictions: list[Prediction] | None = None  # top-k of the segment's own token through the head
     centroid: int = -1  # FPS centroid index this segment came from (model-internal)
+    concepts: list[int] | None = None  # nearest semantic prototype per concept level (HIRL models only)
 
     @property
     def key(self) -> str:
@@ -85,6 +90,7 @@ class Node:
             "area_fraction": round(self.area / max(image_area, 1), 6), "bbox": list(self.bbox),
             "mean_color": list(self.mean_color),
             "predictions": None if self.predictions is None else [[lbl, round(p, 6)] for lbl, p in self.predictions],
+            "concepts": self.concepts,
         }
 
 
@@ -121,6 +127,7 @@ class Hierarchy:
     model: dict[str, Any] = field(default_factory=dict)
     image_name: str = ""
     image_notes: tuple[str, ...] = ()  # conversions made when reading the input (cast.image.ImageInput.notes)
+    concepts: list[Any] | None = None  # the image's semantic path, cast.concepts.ConceptStep per level (HIRL models)
     segment_predictions: dict[str, list[Prediction]] = field(default_factory=dict)  # filled on demand
 
     # -- access ----------------------------------------------------------------------------
@@ -198,6 +205,7 @@ class Hierarchy:
                 [[lbl, round(p, 6)] for lbl, p in preds] for preds in self.level_predictions
             ],
             "segment_predictions": {k: [[lbl, round(p, 6)] for lbl, p in v] for k, v in self.segment_predictions.items()},
+            "concepts": None if self.concepts is None else [step.to_dict() for step in self.concepts],
             "superpixels": {
                 "count": int(self.superpixel_to_level1.shape[0]),
                 "working_size": [int(self.working_superpixels.shape[1]), int(self.working_superpixels.shape[0])],

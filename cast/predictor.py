@@ -13,19 +13,22 @@ Pipeline (per image):
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .concepts import ConceptHierarchy, load_concepts
 from .hierarchy import Hierarchy, Prediction, build_hierarchy, node_key, parse_node_key
 from .hub import default_info, load_model
 from .image import ImageInput, ImageLike, read_image
 from .models.cast import CAST
 from .superpixels import SuperpixelSettings
-from .weights import ModelInfo
+from .weights import BUNDLED, ModelInfo, bundled_dir
 
 __all__ = ["Predictor"]
 
@@ -41,10 +44,20 @@ class Predictor:
         device: torch device (default: the model's, CPU for sources).
         superpixels: override the model's superpixel settings.
         top_k: predictions kept per level and per segment.
+        concepts: the semantic hierarchy of a HIRL-trained model (:mod:`cast.concepts`); ``"auto"``
+            loads it from the model's folder when ``model`` is ``"bundled"`` or a local folder
+            (None when the model has none).
     """
 
     def __init__(self, model: CAST | str = "bundled", device: str | torch.device | None = None,
-                 superpixels: SuperpixelSettings | None = None, top_k: int = 5) -> None:
+                 superpixels: SuperpixelSettings | None = None, top_k: int = 5,
+                 concepts: ConceptHierarchy | str | None = "auto") -> None:
+        if concepts == "auto":
+            concepts = None
+            if isinstance(model, (str, os.PathLike)):
+                folder = bundled_dir() if str(model) == BUNDLED else Path(model)
+                if folder.is_dir():
+                    concepts = load_concepts(folder)
         if not isinstance(model, CAST):
             model = load_model(model, device=device)  # type: ignore[assignment]
             if not isinstance(model, CAST):
@@ -65,6 +78,7 @@ class Predictor:
         self._mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(info.std, device=self.device).view(1, 3, 1, 1)
         self.has_head = model.num_classes > 0 and info.class_names is not None
+        self.concepts = concepts.to(self.device).eval() if isinstance(concepts, ConceptHierarchy) else None
 
     # -- steps -----------------------------------------------------------------------------
     def load(self, image: ImageLike) -> ImageInput:
@@ -116,6 +130,10 @@ class Predictor:
             head, norm = self.model.head, self.model.norm
             segment_probs = [head(norm(t[0])).float().softmax(-1).cpu().numpy() for t in out.segment_tokens]
         token_labels = [t[0].cpu().numpy() for t in out.token_labels]
+        concept_path = segment_concepts = None
+        if self.concepts is not None:
+            concept_path = self.concepts.path(out.features[:1].float())[0]
+            segment_concepts = [self.concepts.nearest(self.model.norm(t[0]).float()).cpu().numpy() for t in out.segment_tokens]
         t3 = time.perf_counter()
         hier = build_hierarchy(
             sp, token_labels, src.size, work, self.model.num_clusters,
@@ -125,6 +143,10 @@ class Predictor:
         t4 = time.perf_counter()
         hier.image_name = src.name
         hier.image_notes = src.notes
+        if concept_path is not None and segment_concepts is not None:
+            hier.concepts = concept_path
+            for node in hier.nodes:
+                node.concepts = [int(c) for c in segment_concepts[node.level - 1][node.centroid]]
         hier.model = self.info.to_dict()
         hier.timings = {"read": t1 - t0, "superpixels": t2 - t1, "forward": t3 - t2, "readout": t4 - t3, "total": t4 - t0}
         return hier

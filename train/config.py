@@ -94,6 +94,19 @@ class MocoConfig:
 
 
 @dataclass
+class HirlConfig:
+    enabled: bool = False  # add HIRL's semantic-path objective to MoCo-v3 (objective: moco)
+    num_prototypes: list[int] = field(default_factory=lambda: [64, 16, 4])  # prototypes per level, fine to coarse
+    warmup_epochs: int = 1  # plain MoCo-v3 epochs before the first clustering
+    recluster_every: int = 1  # epochs between re-clusterings of the training set's embeddings
+    weight: float = 1.0  # weight of the path loss beside the MoCo-v3 loss
+    temperature: float = 0.2  # cosine / temperature inside each level's sigmoid
+    num_negatives: int = 16  # negative paths sampled per image (shared levels are not counted against them)
+    hidden: int = 0  # hidden width of the per-level heads (0 = the backbone width)
+    representatives: int = 4  # training images kept per prototype (exported as thumbnails)
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs"  # run folders are created inside
     name: str = ""  # run folder name (default: config file stem)
@@ -120,6 +133,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
+    hirl: HirlConfig = field(default_factory=HirlConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> TrainConfig:
@@ -133,6 +147,14 @@ class TrainConfig:
             raise ConfigError(f"run.amp must be auto, bf16, fp16 or none, got {self.run.amp!r}")
         if self.optim.accum_steps < 1 or self.run.batch_size < 1 or self.schedule.epochs < 1:
             raise ConfigError("optim.accum_steps, run.batch_size and schedule.epochs must be >= 1")
+        if self.hirl.enabled:
+            h = self.hirl
+            if self.objective != "moco":
+                raise ConfigError("hirl.enabled needs objective: moco (HIRL is added to a self-supervised objective)")
+            if not h.num_prototypes or any(b >= a for a, b in zip(h.num_prototypes, h.num_prototypes[1:])) or min(h.num_prototypes) < 1:
+                raise ConfigError(f"hirl.num_prototypes must decrease from fine to coarse, got {h.num_prototypes}")
+            if h.warmup_epochs < 0 or h.recluster_every < 1 or h.num_negatives < 1 or h.representatives < 0:
+                raise ConfigError("hirl: warmup_epochs >= 0, recluster_every >= 1, num_negatives >= 1, representatives >= 0")
         if self.data.superpixels.method not in ("seeds", "slic"):
             raise ConfigError(f"data.superpixels.method must be seeds or slic, got {self.data.superpixels.method!r}")
         return self

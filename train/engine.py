@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import yaml
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 import cast
 
@@ -22,6 +23,7 @@ from .checkpoint import find_resume, load_checkpoint, rng_state, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .data.build import Datasets, build_datasets, build_loader
 from .data.views import sample_seed
+from .hirl import HIRL, purity
 from .objectives import MoCoV3, Supervised, encode, knn_top1
 
 __all__ = ["Trainer", "build_model", "fit"]
@@ -71,6 +73,11 @@ class Trainer:
         if cfg.objective == "supervised":
             a = cfg.aug
             self.objective: nn.Module = Supervised(self.model, self.num_classes, a.mixup, a.cutmix, a.mix_prob, a.label_smoothing)
+        elif cfg.hirl.enabled:
+            m, h = cfg.moco, cfg.hirl
+            self.objective = HIRL(self.model, len(self.data.train), list(h.num_prototypes), h.hidden, h.temperature,
+                                  h.num_negatives, h.weight, h.representatives, dim=m.dim, mlp_dim=m.mlp_dim,
+                                  temperature=m.temperature, momentum=m.momentum)
         else:
             m = cfg.moco
             self.objective = MoCoV3(self.model, m.dim, m.mlp_dim, m.temperature, m.momentum)
@@ -237,6 +244,8 @@ class Trainer:
         sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
         start = self.batch_in_epoch
         sampler.skip = start * cfg.run.batch_size  # type: ignore[attr-defined]
+        if isinstance(self.objective, HIRL) and self.objective.due(self.epoch, cfg.hirl.warmup_epochs, cfg.hirl.recluster_every):
+            self._hirl_cluster()
         self.objective.train()
         n_batches = self.steps_per_epoch * accum
         bar = None
@@ -309,6 +318,43 @@ class Trainer:
             bar.close()
         return False
 
+    @torch.no_grad()
+    def _hirl_cluster(self) -> None:
+        """Embed every training image (this rank's share), gather, cluster, share rank 0's result."""
+        assert isinstance(self.objective, HIRL) and self.data.cluster_bank is not None
+        t0 = time.perf_counter()
+        self.objective.eval()
+        ds = self.data.cluster_bank
+        if self.dist.distributed:
+            sampler = DistributedSampler(ds, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=False)
+            loader = DataLoader(ds, batch_size=self.cfg.run.batch_size, sampler=sampler, num_workers=self.cfg.data.num_workers)
+        else:
+            loader = build_loader(ds, self.cfg.run.batch_size, train=False, seed=0, world_size=1, rank=0,
+                                  num_workers=self.cfg.data.num_workers, pin_memory=False)
+        feats, idx = [], []
+        bar = None
+        if self.dist.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(loader), desc=f"HIRL clustering (epoch {self.epoch + 1})", unit="batch", leave=False)
+        for x, sp, _, index in loader:
+            x, sp = x.to(self.device), sp.to(self.device)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                feats.append(encode(self.model, x, sp).float())
+            idx.append(index.to(self.device))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        f, i = torch.cat(feats), torch.cat(idx)
+        if self.dist.distributed:  # equal shard sizes (DistributedSampler pads), so all_gather works
+            f = torch.cat(D.all_gather(f))
+            i = torch.cat(D.all_gather(i))
+        stats = self.objective.cluster(f, i, self.epoch, seed=self.cfg.run.seed)
+        self.objective.broadcast()
+        self._log_line({"event": "hirl_cluster", "epoch": self.epoch, "images": int(i.unique().numel()),
+                        "seconds": round(time.perf_counter() - t0, 1), **stats})
+
     # -- validation ------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -342,8 +388,14 @@ class Trainer:
                 feats[name] = (torch.cat(fs), torch.cat(ys))
             m = self.cfg.moco
             result["knn_top1"] = knn_top1(*feats["bank"], *feats["val"], self.num_classes, m.knn_k, m.knn_t)
-        value = D.all_reduce_sum([result.get("knn_top1", 0.0)], self.device)[0] if self.dist.distributed else result.get("knn_top1")
-        return {"knn_top1": float(value)} if value is not None else {}
+            if isinstance(self.objective, HIRL) and self.objective.active:
+                nearest = self.objective.concepts.nearest(feats["val"][0].to(self.device)).cpu()
+                for lv in range(nearest.shape[1]):
+                    result[f"hirl_purity_l{lv + 1}"] = purity(nearest[:, lv], feats["val"][1])
+        if not self.dist.distributed:
+            return result
+        value = D.all_reduce_sum([result.get("knn_top1", 0.0)], self.device)[0]  # only rank 0 computed it
+        return {**{k: v for k, v in result.items() if k != "knn_top1"}, "knn_top1": float(value)}
 
 
 def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:

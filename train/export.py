@@ -79,6 +79,40 @@ pipeline_tag: image-classification
 """
 
 
+def export_concepts(ckpt: dict[str, Any], cfg: Any, out_dir: Path, thumb_size: int = 64) -> None:
+    """Save a HIRL run's heads, prototype tree and representative-image thumbnails beside the model."""
+    import io
+
+    from cast.concepts import ConceptHierarchy, save_concepts
+
+    from .data.build import _base_datasets
+
+    state = ckpt["model"]
+    h = cfg.hirl
+    width = int(state["concepts.prototypes_0"].shape[1])
+    concepts = ConceptHierarchy(width, list(h.num_prototypes), h.hidden, h.temperature)
+    concepts.load_state_dict({k.removeprefix("concepts."): v for k, v in state.items() if k.startswith("concepts.")})
+    if int(state["clustered_epoch"]) < 0:
+        raise ExportError("this HIRL run never clustered (stopped during hirl.warmup_epochs): no concepts to export")
+    train_base, _, _ = _base_datasets(cfg)
+    reps = state["representatives"]  # [L, M_max, R] training-set indices, -1 = none
+    thumbs: dict[tuple[int, int], list[bytes]] = {}
+    for lv, m in enumerate(concepts.num_prototypes):
+        for k in range(m):
+            images = []
+            for idx in reps[lv, k].tolist():
+                if idx < 0:
+                    continue
+                img = train_base[idx][0].convert("RGB")
+                img.thumbnail((thumb_size, thumb_size))
+                buf = io.BytesIO()
+                img.save(buf, "JPEG", quality=85)
+                images.append(buf.getvalue())
+            if images:
+                thumbs[(lv + 1, k)] = images
+    save_concepts(concepts, out_dir, thumbs)
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", use_ema: bool = False,
                push_to_hub: str | None = None, private: bool = False, half: bool = False) -> Path:
     """Write the run's model in our format to ``out_dir``; returns ``out_dir``."""
@@ -112,6 +146,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", us
                                     "run": run_dir.name},
     )
     save_own_format(model, out_dir, dtype=torch.float16 if half else None)
+    if any(k.startswith("concepts.") for k in ckpt["model"]):
+        export_concepts(ckpt, cfg, out_dir)
     (out_dir / "README.md").write_text(model_card(model.info, metrics, ckpt["config"]))
     if push_to_hub:
         from huggingface_hub import HfApi

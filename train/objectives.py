@@ -174,15 +174,19 @@ class MoCoV3(nn.Module):
 
     def forward(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         x1, sp1, x2, sp2 = batch[:4]
-        q1 = self.predictor(self.projector(encode(self.model, x1, sp1)))
-        q2 = self.predictor(self.projector(encode(self.model, x2, sp2)))
+        return {"loss": self.moco_loss(encode(self.model, x1, sp1), encode(self.model, x2, sp2), batch)}
+
+    def moco_loss(self, z1: torch.Tensor, z2: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The MoCo-v3 loss from the backbone features of the two views (keys from the batch)."""
+        x1, sp1, x2, sp2 = batch[:4]
+        q1 = self.predictor(self.projector(z1))
+        q2 = self.predictor(self.projector(z2))
         with torch.no_grad():
             if self.training:
                 self.update_momentum_encoder()
             k1 = self.momentum_projector(encode(self.momentum_model, x1, sp1))
             k2 = self.momentum_projector(encode(self.momentum_model, x2, sp2))
-        loss = self._contrast(q1, k2) + self._contrast(q2, k1)
-        return {"loss": loss}
+        return self._contrast(q1, k2) + self._contrast(q2, k1)
 
 
 def knn_top1(train_feats: torch.Tensor, train_labels: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,

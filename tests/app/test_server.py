@@ -18,7 +18,8 @@ from cast.hierarchy import SCHEMA_NAME, SCHEMA_VERSION
 
 from .conftest import ABSENT_MODEL
 
-OUTPUTS = ["overlay", "tree", "panel", "level_predictions", "json_file", "labels_zip", "overlay_file", "hierarchy", "status"]
+OUTPUTS = ["overlay", "tree", "panel", "level_predictions", "json_file", "labels_zip", "overlay_file", "hierarchy", "status",
+           "concepts"]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ class Datasets:
     val: ViewDataset | None
     knn_bank: ViewDataset | None  # train images without augmentation (k-NN validation)
     class_names: list[str]
+    cluster_bank: ViewDataset | None = None  # every train image without augmentation, with its index (HIRL)
 
 
 def superpixel_settings(cfg: TrainConfig) -> SuperpixelSettings:
@@ -84,12 +85,14 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
         views = moco_views(size, cfg.aug, settings)
     else:
         views = [supervised_train_view(size, cfg.aug, settings)]
-    train = ViewDataset(train_base, views, seed=cfg.run.seed)
+    hirl = cfg.objective == "moco" and cfg.hirl.enabled
+    train = ViewDataset(train_base, views, seed=cfg.run.seed, with_index=hirl)
     val = ViewDataset(val_base, [eval_view(size, settings)], seed=cfg.run.seed) if val_base is not None else None
     bank = None
     if cfg.objective == "moco" and val is not None:
         bank = ViewDataset(_Subset(train_base, cfg.moco.knn_train_size), [eval_view(size, settings)], seed=cfg.run.seed)
-    return Datasets(train, val, bank, classes)
+    cluster = ViewDataset(train_base, [eval_view(size, settings)], seed=cfg.run.seed, with_index=True) if hirl else None
+    return Datasets(train, val, bank, classes, cluster)
 
 
 class SkipSampler(Sampler[int]):

@@ -47,8 +47,9 @@ class SuperpixelView:
 class ViewDataset(Dataset):
     """Wraps a dataset of ``(PIL image, label, ...)`` into ``(x1, sp1[, x2, sp2, ...], label)``."""
 
-    def __init__(self, base: Dataset, views: Sequence[SuperpixelView], seed: int = 0) -> None:
+    def __init__(self, base: Dataset, views: Sequence[SuperpixelView], seed: int = 0, with_index: bool = False) -> None:
         self.base, self.views, self.seed = base, list(views), seed
+        self.with_index = with_index  # append the dataset index (HIRL looks up each image's concept path)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,6 +70,8 @@ class ViewDataset(Dataset):
         for view in self.views:
             out.extend(view(img))
         out.append(int(label))
+        if self.with_index:
+            out.append(int(index))
         return tuple(out)
 
 
