@@ -51,6 +51,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_concepts(args: argparse.Namespace) -> int:
+    from cast import CastError
+
+    from .concepts_eval import run
+
+    try:
+        run(args.model, args.data, args.ref, args.out, image_size=args.image_size)
+    except (CastError, FileNotFoundError) as e:
+        print(f"concepts failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -122,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--out", default=None, help="folder for the JSON results")
     ev.add_argument("--name", default=None, help="results file name (default: model folder name)")
     ev.set_defaults(func=cmd_evaluate)
+
+    ce = sub.add_parser("concepts", help="k-NN / linear top-1 and concept purity of self-supervised models (HIRL)")
+    ce.add_argument("--model", action="append", required=True, help="model folder (repeat to compare)")
+    ce.add_argument("--data", default="partshapes:test:500", help="evaluation images")
+    ce.add_argument("--ref", default="partshapes:train:1000", help="reference images (k-NN bank, probe training)")
+    ce.add_argument("--image-size", type=int, default=160)
+    ce.add_argument("--out", default=None, help="folder for one JSON file per model")
+    ce.set_defaults(func=cmd_concepts)
 
     rp = sub.add_parser("report", help="results table and figures into README's Results section")
     rp.add_argument("--results", default="benchmarks/results/eval", help="folder of evaluate JSON files")

@@ -23,11 +23,29 @@ def models_dir(tmp_path_factory, tiny_model_dir) -> Path:
     """A models folder with one own-format CAST (listed) and one ViT folder (not listed)."""
     root = tmp_path_factory.mktemp("models")
     shutil.copytree(tiny_model_dir, root / "my_cast")
+    add_concepts(root / "my_cast")
     vit = root / "some_vit"
     vit.mkdir()
     (vit / "config.json").write_text('{"format": "cast-explorer", "architecture": "vit_tiny_patch16_224"}')
     (vit / "model.safetensors").write_bytes(b"")
     return root
+
+
+def add_concepts(folder: Path, dim: int = 48, counts: tuple[int, ...] = (6, 3, 2)) -> None:
+    """Give a model folder a (random) HIRL concept hierarchy with thumbnails, as export writes it."""
+    import torch
+
+    from cast.concepts import ConceptHierarchy, save_concepts
+
+    torch.manual_seed(0)
+    concepts = ConceptHierarchy(dim, list(counts), hidden=32)
+    for lv, m in enumerate(counts):
+        getattr(concepts, f"prototypes_{lv}").copy_(torch.nn.functional.normalize(torch.randn(m, dim), dim=1))
+        if lv + 1 < len(counts):
+            getattr(concepts, f"parents_{lv}").copy_(torch.arange(m) % counts[lv + 1])
+    thumbs = {(lv + 1, k): [encoded(Image.new("RGB", (16, 16), (40 * k, 80, 120)), "JPEG")]
+              for lv, m in enumerate(counts) for k in range(m)}
+    save_concepts(concepts, folder, thumbs)
 
 
 def app_config(tmp: Path, models_dir: Path, **overrides) -> AppConfig:

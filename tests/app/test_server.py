@@ -57,6 +57,15 @@ def test_good_photo_gives_the_hierarchy(client, uploads):
     assert Path(out["labels_zip"]).stat().st_size > 0
     assert 'data-node="L4-0"' in out["tree"] and "level 4" in out["level_predictions"]
     assert "bundled" in out["status"]
+    assert tree["concepts"] is None and "no concept hierarchy" in out["concepts"]
+
+
+def test_a_model_folder_with_concepts_through_the_api(client, models_dir, uploads):
+    folder = str((models_dir / "my_cast").resolve())
+    out = dict(zip(OUTPUTS, client.predict(handle_file(str(uploads["good.jpg"])), folder, api_name="/segment")))
+    tree = out["hierarchy"]
+    assert [c["level"] for c in tree["concepts"]] == [1, 2, 3] and len(tree["nodes"][0]["concepts"]) == 3
+    assert out["concepts"].count('class="concept-step"') == 3
 
 
 @pytest.mark.parametrize("name, message", [

@@ -89,3 +89,21 @@ def test_result_cache_is_bounded_by_entries_and_pixels():
     assert lru.keys() == [2, "big"]  # weight: 10 + 85 <= 100, the least recently used went first
     lru.put("huge", "h", weight=1000)
     assert lru.keys() == ["huge"]  # the newest entry is kept even alone over the bound
+
+
+def test_models_with_concepts_show_the_semantic_path(explorer, models_dir, uploads):
+    from app.render import concepts_html
+    from app.view import View
+
+    folder = str((models_dir / "my_cast").resolve())
+    result = explorer.segment(uploads["good.jpg"], folder)
+    tree = result.tree
+    assert [s.level for s in tree.concepts] == [1, 2, 3] and all(n.concepts for n in tree.nodes)
+    view = View.of(result)
+    key = tree.nodes_at(2)[0].key
+    info = view.info(key)
+    out = concepts_html(tree, result.concept_thumbnails, info)
+    assert out.count('class="concept-step"') == 3 and out.count("data:image/jpeg;base64,") >= 3
+    assert f"Selected segment {key}" in out
+    no_concepts = explorer.segment(uploads["good.jpg"], "bundled").tree
+    assert "no concept hierarchy" in concepts_html(no_concepts, None)

@@ -174,3 +174,20 @@ def test_export_then_predict_gives_concept_paths(hirl_run, tmp_path, photo):
     # a model without concepts says so by None
     assert cast.Predictor(cast.load_model("bundled")).concepts is None
     assert cast.Predictor("bundled")(np.asarray(photo)).concepts is None
+
+
+def test_concepts_evaluation_of_hirl_and_plain_models(hirl_run, tmp_path, tiny_model_dir):
+    from train.concepts_eval import run
+
+    exported = export_run(hirl_run, tmp_path / "hirl_model", which="last")
+    results = run([str(exported), str(tiny_model_dir)], "partshapes:test:20", "partshapes:train:30", str(tmp_path / "out"),
+                  image_size=64)
+    hirl, plain = results
+    assert hirl["concepts"].startswith("HIRL") and plain["concepts"].startswith("hierarchical spherical k-means")
+    for r in results:
+        assert 0 <= r["knn_top1"] <= 1 and 0 <= r["linear_top1"] <= 1
+        assert [row["level"] for row in r["levels"]] == [1, 2, 3]
+        for row in r["levels"]:
+            assert 0 < row["purity_classes"] <= 1 and row["purity_coarse"] >= row["purity_classes"] - 1e-9
+    assert hirl["num_prototypes"] == [8, 4, 2]
+    assert json.loads((tmp_path / "out" / "hirl_model.json").read_text())["n"] == 20

@@ -59,6 +59,7 @@ from PIL import Image
 
 __all__ = [
     "CLASSES",
+    "COARSE_GROUPS",
     "PARTS",
     "PART_CLASS",
     "SPLIT_SEEDS",
@@ -323,6 +324,14 @@ CLASSES: tuple[str, ...] = tuple(name for name, _, _ in _CLASS_DEFS)
 PARTS: tuple[str, ...] = ("background",) + tuple(f"{name}/{role}" for name, roles, _ in _CLASS_DEFS for role in roles)
 PART_CLASS: tuple[int, ...] = (-1,) + tuple(c for c, (_, roles, _) in enumerate(_CLASS_DEFS) for _ in roles)
 _PART_ID: dict[str, int] = {name: k for k, name in enumerate(PARTS)}
+# A coarse grouping of the classes (for evaluating coarse semantic levels; fixed before any
+# evaluation): what the object is, in everyday terms.
+COARSE_GROUPS: dict[str, tuple[str, ...]] = {
+    "plants": ("tree", "mushroom", "flower"),
+    "vehicles and street": ("car", "rocket", "traffic_light"),
+    "home and figures": ("house", "table", "snowman", "dumbbell"),
+}
+assert sorted(c for g in COARSE_GROUPS.values() for c in g) == sorted(CLASSES)
 assert len(PARTS) < 256, "part ids must fit the uint8 part mask"
 
 SPLIT_SEEDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
