@@ -57,7 +57,11 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     from .concepts_eval import run
 
     try:
-        run(args.model, args.data, args.ref, args.out, image_size=args.image_size)
+        results = run(args.model, args.data, args.ref, args.out, image_size=args.image_size)
+        if args.readme:
+            from .concepts_eval import write_readme
+
+            write_readme(results, args.readme, args.eval_dir)
     except (CastError, FileNotFoundError) as e:
         print(f"concepts failed: {e}", file=sys.stderr)
         return 1
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     ce.add_argument("--ref", default="partshapes:train:1000", help="reference images (k-NN bank, probe training)")
     ce.add_argument("--image-size", type=int, default=160)
     ce.add_argument("--out", default=None, help="folder for one JSON file per model")
+    ce.add_argument("--readme", default=None, help="write the table into this README's hirl block")
+    ce.add_argument("--eval-dir", default="benchmarks/results/eval", help="evaluate JSON files (mIoU) for the table")
     ce.set_defaults(func=cmd_concepts)
 
     rp = sub.add_parser("report", help="results table and figures into README's Results section")

@@ -130,3 +130,39 @@ def format_result(r: dict[str, Any]) -> str:
         extra = f", coarse {row['purity_coarse']:.3f}" if "purity_coarse" in row else ""
         lines.append(f"  level {row['level']} ({row['used']}/{row['prototypes']} used): purity classes {row['purity_classes']:.3f}{extra}")
     return "\n".join(lines)
+
+
+def markdown(results: list[dict[str, Any]], eval_dir: str | None = None) -> str:
+    """The results table for README (between ``<!-- hirl:start -->`` and ``<!-- hirl:end -->``);
+    part/object mIoU (oracle labelling, per level) comes from ``python -m train evaluate`` files
+    of the same names in ``eval_dir`` when they exist."""
+    lines = ["| model | k-NN top-1 | linear top-1 | concept purity vs classes (L1 / L2 / L3) | vs coarse groups "
+             "(L1 / L2 / L3) | object / part mIoU, oracle (level 1 / 4) |", "|---|---|---|---|---|---|"]
+    for r in results:
+        name = Path(r["model"]).name
+        pc = " / ".join(f"{row['purity_classes']:.3f}" for row in r["levels"])
+        pg = " / ".join(f"{row.get('purity_coarse', float('nan')):.3f}" for row in r["levels"])
+        miou = ""
+        f = Path(eval_dir or "") / f"{name}.json"
+        if eval_dir and f.is_file():
+            lv = json.loads(f.read_text())["levels"]
+            miou = (f"{lv['1']['object_miou_oracle']:.3f} / {lv['4']['object_miou_oracle']:.3f} · "
+                    f"{lv['1']['part_miou_oracle']:.3f} / {lv['4']['part_miou_oracle']:.3f}")
+        kind = "HIRL prototypes" if r["concepts"].startswith("HIRL") else "k-means of features"
+        lines.append(f"| {name} ({kind}, {'→'.join(str(m) for m in r['num_prototypes'])}) | {r['knn_top1']:.3f} | "
+                     f"{r['linear_top1']:.3f} | {pc} | {pg} | {miou} |")
+    groups = results[0].get("coarse_groups") if results else None
+    if groups:
+        lines.append("")
+        lines.append("Coarse groups: " + "; ".join(f"*{g}*: {', '.join(m)}" for g, m in groups.items()) + ".")
+    return "\n".join(lines)
+
+
+def write_readme(results: list[dict[str, Any]], readme: str, eval_dir: str | None = None) -> None:
+    text = Path(readme).read_text()
+    start, end = "<!-- hirl:start -->", "<!-- hirl:end -->"
+    if start not in text or end not in text:
+        raise FileNotFoundError(f"{readme} has no {start} ... {end} block")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    Path(readme).write_text(f"{head}{start}\n{markdown(results, eval_dir)}\n{end}{tail}")
