@@ -24,7 +24,7 @@ from PIL import Image
 from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Predictor, load_model
 from cast.baselines import ViTKMeansSegmenter
 from cast.image import read_image
-from cast.weights import BASELINE_FOR
+from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, bundled_dir
 
 from .config import AppConfig
 
@@ -91,6 +91,9 @@ class ModelStore:
     # -- what exists ---------------------------------------------------------------------
     def choices(self) -> list[ModelChoice]:
         out = [ModelChoice(BUNDLED, "bundled: cast_tiny, PartShapes (offline)", "bundled")]
+        if (bundled_dir(BUNDLED_CONCEPTS) / "concepts.json").is_file():
+            out.append(ModelChoice(BUNDLED_CONCEPTS, "bundled_hirl: cast_tiny + HIRL concepts, PartShapes, self-supervised (offline)",
+                                   "bundled"))
         for name, w in PUBLISHED.items():
             if w.arch.startswith("cast"):
                 out.append(ModelChoice(name, f"{name}: {w.dataset}, {w.result}", "published"))

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .models.cast import CAST, VARIANTS, checkpoint_filter_fn, infer_model_args
 from .superpixels import SEEDS_DEIT, SEEDS_MOCO
-from .weights import BUNDLED, BUNDLED_BASELINE, PUBLISHED, ModelInfo, bundled_dir, default_class_names
+from .weights import BUNDLED, BUNDLED_MODELS, PUBLISHED, ModelInfo, bundled_dir, default_class_names
 
 __all__ = [
     "load_model", "safe_torch_load", "save_own_format", "load_own_format", "load_published_into",
@@ -386,7 +386,8 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
             - a published name (``cast.PUBLISHED``, e.g. ``"cast_small.deit_in1k"``), downloaded from
               the Hub repo ``twke/CAST`` through huggingface_hub's cache (``HF_HUB_OFFLINE`` honoured);
             - ``"bundled"``: the default model shipped in ``assets/bundled``; ``"bundled_vit"``: its
-              ViT baseline in ``assets/bundled_vit`` (returns the ViT, not a CAST);
+              ViT baseline in ``assets/bundled_vit`` (returns the ViT, not a CAST); ``"bundled_hirl"``:
+              a self-supervised cast_tiny with a concept hierarchy (``assets/bundled_hirl``);
             - a local published-format file (``.pth``, ``.pth.tar``);
             - a folder or Hub repo id with ``config.json`` + ``model.safetensors`` (our format).
         revision: Hub revision (branch, tag or commit) to pin.
@@ -400,7 +401,7 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
     """
     info_over, model_over = _split_overrides(overrides)
     src = str(source)
-    if src in (BUNDLED, BUNDLED_BASELINE):
+    if src in BUNDLED_MODELS:
         folder = bundled_dir(src)
         if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
             raise WeightsNotAvailableError(

@@ -28,7 +28,7 @@ from .hub import default_info, load_model
 from .image import ImageInput, ImageLike, read_image
 from .models.cast import CAST
 from .superpixels import SuperpixelSettings
-from .weights import BUNDLED, ModelInfo, bundled_dir
+from .weights import BUNDLED_MODELS, ModelInfo, bundled_dir
 
 __all__ = ["Predictor"]
 
@@ -45,7 +45,7 @@ class Predictor:
         superpixels: override the model's superpixel settings.
         top_k: predictions kept per level and per segment.
         concepts: the semantic hierarchy of a HIRL-trained model (:mod:`cast.concepts`); ``"auto"``
-            loads it from the model's folder when ``model`` is ``"bundled"`` or a local folder
+            loads it from the model's folder when ``model`` names a bundled model or a local folder
             (None when the model has none).
     """
 
@@ -55,7 +55,7 @@ class Predictor:
         if concepts == "auto":
             concepts = None
             if isinstance(model, (str, os.PathLike)):
-                folder = bundled_dir() if str(model) == BUNDLED else Path(model)
+                folder = bundled_dir(str(model)) if str(model) in BUNDLED_MODELS else Path(model)
                 if folder.is_dir():
                     concepts = load_concepts(folder)
         if not isinstance(model, CAST):

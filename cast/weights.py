@@ -12,13 +12,21 @@ from typing import Any
 from .superpixels import SEEDS_DEIT, SEEDS_MOCO, SuperpixelSettings
 
 __all__ = [
-    "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "BUNDLED_BASELINE", "BASELINE_FOR", "bundled_dir",
+    "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "BUNDLED_BASELINE", "BUNDLED_CONCEPTS",
+    "BUNDLED_MODELS", "BASELINE_FOR", "bundled_dir",
     "imagenet_class_names", "default_class_names", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 HUB_REPO = "twke/CAST"
 BUNDLED = "bundled"
 BUNDLED_BASELINE = "bundled_vit"  # the ViT trained beside the bundled CAST (same data and budget), for comparisons
+BUNDLED_CONCEPTS = "bundled_hirl"  # a self-supervised cast_tiny trained with HIRL (concept hierarchy, no classifier)
+# name -> (folder under assets/, environment variable overriding it)
+BUNDLED_MODELS: dict[str, tuple[str, str]] = {
+    BUNDLED: ("bundled", "CAST_BUNDLED_DIR"),
+    BUNDLED_BASELINE: ("bundled_vit", "CAST_BUNDLED_VIT_DIR"),
+    BUNDLED_CONCEPTS: ("bundled_hirl", "CAST_BUNDLED_HIRL_DIR"),
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +140,7 @@ PUBLISHED: dict[str, PublishedWeights] = {
 # clustered by hierarchical k-means). Keys are model sources; models not listed have no baseline.
 BASELINE_FOR: dict[str, str] = {
     BUNDLED: BUNDLED_BASELINE,
+    BUNDLED_CONCEPTS: BUNDLED_BASELINE,
     "cast_small.deit_in1k": "vit_conv_small.mocov3_in1k",
     "cast_small.mocov3_in1k": "vit_conv_small.mocov3_in1k",
     "cast_small_deep.mocov3_in1k": "vit_conv_small.mocov3_in1k",
@@ -140,13 +149,13 @@ BASELINE_FOR: dict[str, str] = {
 
 
 def bundled_dir(name: str = BUNDLED) -> Path:
-    """Folder of a bundled model: ``assets/bundled`` (the default CAST; ``CAST_BUNDLED_DIR``
-    overrides) or ``assets/bundled_vit`` (its ViT baseline; ``CAST_BUNDLED_VIT_DIR`` overrides)."""
-    if name == BUNDLED_BASELINE:
-        return Path(os.environ.get("CAST_BUNDLED_VIT_DIR", REPO_ROOT / "assets" / "bundled_vit"))
-    if name != BUNDLED:
-        raise ValueError(f"no bundled model called {name!r}; bundled models: {BUNDLED}, {BUNDLED_BASELINE}")
-    return Path(os.environ.get("CAST_BUNDLED_DIR", REPO_ROOT / "assets" / "bundled"))
+    """Folder of a bundled model (:data:`BUNDLED_MODELS`): ``assets/bundled`` (the default CAST),
+    ``assets/bundled_vit`` (its ViT baseline), ``assets/bundled_hirl`` (cast_tiny with concepts);
+    each overridable by its environment variable."""
+    if name not in BUNDLED_MODELS:
+        raise ValueError(f"no bundled model called {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
+    folder, env = BUNDLED_MODELS[name]
+    return Path(os.environ.get(env, REPO_ROOT / "assets" / folder))
 
 
 @lru_cache(maxsize=1)
