@@ -140,7 +140,6 @@ PUBLISHED: dict[str, PublishedWeights] = {
 # clustered by hierarchical k-means). Keys are model sources; models not listed have no baseline.
 BASELINE_FOR: dict[str, str] = {
     BUNDLED: BUNDLED_BASELINE,
-    BUNDLED_CONCEPTS: BUNDLED_BASELINE,
     "cast_small.deit_in1k": "vit_conv_small.mocov3_in1k",
     "cast_small.mocov3_in1k": "vit_conv_small.mocov3_in1k",
     "cast_small_deep.mocov3_in1k": "vit_conv_small.mocov3_in1k",

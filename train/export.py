@@ -43,6 +43,11 @@ def model_card(info: ModelInfo, metrics: dict[str, Any], cfg: dict[str, Any]) ->
                  "k-means of its patch tokens (`cast.baselines.ViTKMeansSegmenter`).")
         use = ('import cast\nfrom cast.baselines import ViTKMeansSegmenter\nvit = cast.load_model("path/or/repo-id")\n'
                'tree = ViTKMeansSegmenter(vit, vit.info)("photo.jpg")')
+    hirl = cfg.get("hirl", {})
+    concepts_row = ""
+    if hirl.get("enabled"):
+        concepts_row = (f"| concepts | HIRL prototype tree {' → '.join(str(m) for m in hirl.get('num_prototypes', []))} "
+                        "(`concepts.*`, thumbnails in `concepts/`) |\n")
     return f"""---
 library_name: cast-explorer
 tags:
@@ -64,7 +69,7 @@ pipeline_tag: image-classification
 | superpixels | {sp.method}, {sp.n_segments} segments, {sp.params} |
 | classes | {len(info.class_names) if info.class_names else "none (backbone)"} |
 | epochs | {cfg.get("schedule", {}).get("epochs", "")} |
-
+{concepts_row}
 ## Metrics
 
 | metric | value |
