@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 import cast
 from cast.weights import REPO_ROOT
@@ -29,3 +30,19 @@ def test_bundled_model_segments_an_example(monkeypatch):
     assert tree.level_predictions[3][0][0] == "house"
     for lv in range(3):
         assert np.array_equal(tree.parents[lv][tree.label_maps[lv]], tree.label_maps[lv + 1])
+
+
+def test_bundled_baseline_and_concept_models():
+    from cast.baselines import ViTKMeansSegmenter
+
+    vit = cast.load_model("bundled_vit")
+    assert not isinstance(vit, cast.CAST) and vit.info.name.startswith("vit_tiny")
+    photo = np.asarray(Image.open(REPO_ROOT / "assets" / "examples" / "chelsea.jpg"))
+    assert ViTKMeansSegmenter(vit, vit.info)(photo).num_segments[0] <= 64
+    predictor = cast.Predictor("bundled_hirl")  # self-supervised cast_tiny with a HIRL concept tree
+    assert predictor.concepts is not None and not predictor.has_head
+    tree = predictor(photo)
+    assert len(tree.concepts) == predictor.concepts.num_levels and all(step.thumbnails for step in tree.concepts)
+    assert all(len(n.concepts) == predictor.concepts.num_levels for n in tree.nodes)
+    size = sum(f.stat().st_size for f in (REPO_ROOT / "assets" / "bundled_hirl").rglob("*") if f.is_file())
+    assert size <= 16 * 2**20
