@@ -291,12 +291,17 @@ class Explorer:
                 log.warning("example %s: %s", p, e)
 
 
+MIN_DISPLAY = 512  # small images are shown enlarged to this longest side, so their segments can be clicked
+
+
 def display_photo(data: bytes, size: int) -> np.ndarray:
-    """The input image, EXIF-corrected, with its longest side at most ``size`` pixels."""
+    """The input image, EXIF-corrected, with its longest side at most ``size`` pixels (and small
+    images enlarged to :data:`MIN_DISPLAY`)."""
     src = read_image(data, draft_to=size)
     img = Image.fromarray(src.rgb)
     w, h = src.size
-    scale = min(1.0, size / max(w, h))
+    longest = min(max(max(w, h), MIN_DISPLAY), size)
+    scale = longest / max(w, h)
     target = (max(1, round(w * scale)), max(1, round(h * scale)))
     if img.size != target:
         img = img.resize(target, Image.Resampling.LANCZOS)

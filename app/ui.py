@@ -110,7 +110,8 @@ svg.trend .axis { stroke: currentColor; stroke-opacity: 0.5; }
 #notice { border-left: 4px solid #f28e2b; padding-left: 8px; }
 .concepts .concept-step { display: flex; align-items: center; gap: 8px; margin: 3px 0; }
 .concepts .cid { font-weight: 700; width: 56px; } .concepts .conf { width: 40px; font-variant-numeric: tabular-nums; }
-.concepts .thumbs img { width: 40px; height: 40px; margin-right: 2px; border-radius: 3px; object-fit: cover; }
+.concepts .thumbs { display: inline-flex; gap: 3px; flex-wrap: wrap; }
+.concepts .thumbs img { display: inline-block; width: 40px; height: 40px; margin: 0; border-radius: 3px; object-fit: cover; }
 .concepts .agree { color: #59a14f; font-size: 0.85em; } .concepts .differ { color: #e15759; font-size: 0.85em; }
 """
 

@@ -53,7 +53,7 @@ def test_good_photo_gives_the_hierarchy(client, uploads):
     assert tree["model"]["source"] == "bundled" and len(tree["level_predictions"]) == 4
     assert json.loads(Path(out["json_file"]).read_text()) == tree  # the download is the same tree
     overlay = Image.open(out["overlay"])
-    assert overlay.format == "PNG" and overlay.size == (192, 192)
+    assert overlay.format == "PNG" and overlay.size == (512, 512)  # small photos are shown enlarged
     assert Path(out["labels_zip"]).stat().st_size > 0
     assert 'data-node="L4-0"' in out["tree"] and "level 4" in out["level_predictions"]
     assert "bundled" in out["status"]
