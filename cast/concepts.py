@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .errors import CheckpointFormatError, CheckpointMismatchError
 
-__all__ = ["ConceptHead", "ConceptHierarchy", "ConceptStep", "load_concepts", "save_concepts",
+__all__ = ["ConceptHead", "ConceptHierarchy", "ConceptStep", "load_concepts", "save_concepts", "hub_concepts_folder",
            "CONCEPTS_CONFIG", "CONCEPTS_WEIGHTS", "THUMBNAILS_DIR"]
 
 CONCEPTS_CONFIG = "concepts.json"
@@ -163,6 +163,20 @@ def save_concepts(concepts: ConceptHierarchy, directory: str | os.PathLike[str],
     save_file({k: v.detach().cpu().contiguous() for k, v in concepts.state_dict().items()}, str(directory / CONCEPTS_WEIGHTS))
     (directory / CONCEPTS_CONFIG).write_text(json.dumps(concepts.config(), indent=1) + "\n")
     return directory
+
+
+def hub_concepts_folder(repo_id: str, revision: str | None = None) -> Path | None:
+    """The local snapshot of a Hub repo's concept files (downloaded through huggingface_hub's cache,
+    ``HF_HUB_OFFLINE`` honoured); None when the repo has none or they cannot be fetched."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision,
+                                        allow_patterns=[CONCEPTS_CONFIG, CONCEPTS_WEIGHTS, f"{THUMBNAILS_DIR}/*"]))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
+        return None
+    return folder if (folder / CONCEPTS_CONFIG).is_file() else None
 
 
 def load_concepts(directory: str | os.PathLike[str]) -> ConceptHierarchy | None:

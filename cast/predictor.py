@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .concepts import ConceptHierarchy, load_concepts
+from .concepts import ConceptHierarchy, hub_concepts_folder, load_concepts
 from .hierarchy import Hierarchy, Prediction, build_hierarchy, node_key, parse_node_key
 from .hub import default_info, load_model
 from .image import ImageInput, ImageLike, read_image
 from .models.cast import CAST
 from .superpixels import SuperpixelSettings
-from .weights import BUNDLED_MODELS, ModelInfo, bundled_dir
+from .weights import BUNDLED_MODELS, PUBLISHED, ModelInfo, bundled_dir
 
 __all__ = ["Predictor"]
 
@@ -45,8 +45,8 @@ class Predictor:
         superpixels: override the model's superpixel settings.
         top_k: predictions kept per level and per segment.
         concepts: the semantic hierarchy of a HIRL-trained model (:mod:`cast.concepts`); ``"auto"``
-            loads it from the model's folder when ``model`` names a bundled model or a local folder
-            (None when the model has none).
+            loads it from the model's folder when ``model`` names a bundled model, a local folder or
+            a Hub repo in our format (None when the model has none).
     """
 
     def __init__(self, model: CAST | str = "bundled", device: str | torch.device | None = None,
@@ -55,8 +55,11 @@ class Predictor:
         if concepts == "auto":
             concepts = None
             if isinstance(model, (str, os.PathLike)):
-                folder = bundled_dir(str(model)) if str(model) in BUNDLED_MODELS else Path(model)
-                if folder.is_dir():
+                src = str(model)
+                folder: Path | None = bundled_dir(src) if src in BUNDLED_MODELS else Path(src)
+                if not folder.is_dir() and src.count("/") == 1 and not os.path.exists(src) and src not in PUBLISHED:
+                    folder = hub_concepts_folder(src)  # a Hub repo in our format
+                if folder is not None and folder.is_dir():
                     concepts = load_concepts(folder)
         if not isinstance(model, CAST):
             model = load_model(model, device=device)  # type: ignore[assignment]

@@ -191,3 +191,19 @@ def test_concepts_evaluation_of_hirl_and_plain_models(hirl_run, tmp_path, tiny_m
             assert 0 < row["purity_classes"] <= 1 and row["purity_coarse"] >= row["purity_classes"] - 1e-9
     assert hirl["num_prototypes"] == [8, 4, 2]
     assert json.loads((tmp_path / "out" / "hirl_model.json").read_text())["n"] == 20
+
+
+def test_concepts_load_from_an_offline_hub_repo(hirl_run, tmp_path, hub_cache, photo):
+    from tests.helpers import populate_hub_cache
+
+    out = export_run(hirl_run, tmp_path / "exported", which="last")
+    files = {str(f.relative_to(out)): f for f in out.rglob("*") if f.is_file()}
+    assert any(name.startswith("concepts/") for name in files)
+    populate_hub_cache(hub_cache, "someone/cast-tiny-hirl", files)
+    predictor = cast.Predictor("someone/cast-tiny-hirl")
+    assert predictor.concepts is not None and predictor.concepts.num_prototypes == [8, 4, 2]
+    tree = predictor(photo)
+    assert all(Path(t).is_file() for step in tree.concepts for t in step.thumbnails)
+    from cast.concepts import hub_concepts_folder
+
+    assert hub_concepts_folder("someone/not-in-the-cache") is None  # offline and absent: no concepts, no error
