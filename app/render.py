@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cast.hierarchy import Hierarchy
+from cast.hierarchy import Hierarchy, boundaries
 
 from .view import ROOT, SUPERPIXELS, WHOLE, SegmentInfo, View, key_level, path_keys
 
@@ -84,14 +84,6 @@ def hex_colour(c: tuple[int, int, int]) -> str:
 # ---------------------------------------------------------------------------------------------
 # Overlay
 # ---------------------------------------------------------------------------------------------
-
-
-def boundaries(labels: np.ndarray) -> np.ndarray:
-    """``[h, w]`` bool: pixels whose right or lower neighbour has another id."""
-    edge = np.zeros(labels.shape, bool)
-    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    return edge
 
 
 def _outline(mask: np.ndarray, width: int = 2) -> np.ndarray:

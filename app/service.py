@@ -23,7 +23,7 @@ from PIL import Image
 
 from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Predictor, load_model
 from cast.baselines import ViTKMeansSegmenter
-from cast.image import read_image
+from cast.image import ImageInput, read_image
 from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, bundled_dir
 
 from .config import AppConfig
@@ -86,10 +86,16 @@ class ModelStore:
         self._cache = _LRU(cfg.max_models)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._failed: dict[str, str] = {}
+        self._choices: list[ModelChoice] | None = None
 
     # -- what exists ---------------------------------------------------------------------
-    def choices(self) -> list[ModelChoice]:
+    def choices(self, refresh: bool = False) -> list[ModelChoice]:
+        """The selector's entries; the models folder is scanned once (and again on ``refresh``)."""
+        if self._choices is None or refresh:
+            self._choices = self._scan()
+        return self._choices
+
+    def _scan(self) -> list[ModelChoice]:
         out = [ModelChoice(BUNDLED, "bundled: cast_tiny, PartShapes (offline)", "bundled")]
         if (bundled_dir(BUNDLED_CONCEPTS) / "concepts.json").is_file():
             out.append(ModelChoice(BUNDLED_CONCEPTS, "bundled_hirl: cast_tiny + HIRL concepts, PartShapes, self-supervised (offline)",
@@ -118,7 +124,8 @@ class ModelStore:
         return found
 
     def known(self, name: str) -> bool:
-        return any(c.name == name for c in self.choices())
+        """Whether ``name`` is offered (a folder added since the last scan is found by a rescan)."""
+        return any(c.name == name for c in self.choices()) or any(c.name == name for c in self.choices(refresh=True))
 
     def label(self, name: str) -> str:
         return next((c.label for c in self.choices() if c.name == name), name)
@@ -253,8 +260,10 @@ class Explorer:
         predictor = self.models.predictor(model)
         buffer = io.BytesIO(data)
         buffer.name = Path(path).name  # for messages and the JSON's image name
-        tree = predictor(buffer)
-        photo = display_photo(data, self.cfg.display_size)
+        # decoded once, at the larger of the display and model scales, for both
+        src = read_image(buffer, draft_to=max(self.cfg.display_size, 2 * predictor.input_size))
+        tree = predictor(src)
+        photo = display_photo(src, self.cfg.display_size)
         folder = self.root / f"{key[1][:16]}-{abs(hash(model)) % 10**8}"
         write_downloads(tree, folder)
         result = Result(tree=tree, model=model, photo=photo, folder=folder,
@@ -277,9 +286,7 @@ class Explorer:
         """The ViT + k-means tree of the same image (cached on the result)."""
         if result.baseline is None:
             segmenter = self.models.baseline(result.model)
-            image = Image.fromarray(result.tree.working_image)  # what CAST saw; k-means runs at that size
-            tree = segmenter(np.asarray(image))
-            result.baseline = tree
+            result.baseline = segmenter(result.tree.working_image)  # what CAST saw; k-means runs at that size
         return result.baseline
 
     def precompute(self, paths: list[Path]) -> None:
@@ -294,10 +301,9 @@ class Explorer:
 MIN_DISPLAY = 512  # small images are shown enlarged to this longest side, so their segments can be clicked
 
 
-def display_photo(data: bytes, size: int) -> np.ndarray:
-    """The input image, EXIF-corrected, with its longest side at most ``size`` pixels (and small
-    images enlarged to :data:`MIN_DISPLAY`)."""
-    src = read_image(data, draft_to=size)
+def display_photo(src: ImageInput, size: int) -> np.ndarray:
+    """The decoded input with its longest side at most ``size`` pixels (and small images enlarged
+    to :data:`MIN_DISPLAY`)."""
     img = Image.fromarray(src.rgb)
     w, h = src.size
     longest = min(max(max(w, h), MIN_DISPLAY), size)
@@ -309,15 +315,13 @@ def display_photo(data: bytes, size: int) -> np.ndarray:
 
 
 def write_downloads(tree: Hierarchy, folder: Path) -> None:
-    """``hierarchy.json`` and ``labels.zip`` (level1..4.png, superpixels.png at the original
-    resolution, as :meth:`cast.Hierarchy.save` writes them) into ``folder``."""
+    """``hierarchy.json`` and ``labels.zip`` (:meth:`cast.Hierarchy.label_map_images` as PNGs, fast
+    compression) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "hierarchy.json").write_text(tree.to_json(indent=1))
-    maps = [(f"level{lv}.png", m) for lv, m in enumerate(tree.label_maps, start=1)]
-    maps.append(("superpixels.png", tree.superpixels.astype(np.uint16)))
     tmp = folder / "labels.zip.tmp"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:  # PNGs are compressed already
-        for name, m in maps:
+        for name, m in tree.label_map_images().items():
             buf = io.BytesIO()
             Image.fromarray(m).save(buf, "PNG", compress_level=1)
             z.writestr(name, buf.getvalue())

@@ -14,7 +14,6 @@ import functools
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -156,23 +155,20 @@ def build(explorer: Explorer) -> gr.Blocks:
     session_dir.mkdir(exist_ok=True)
 
     # -- glue helpers ----------------------------------------------------------------------
-    def overlay_file(view: View, image: np.ndarray, name: str = "overlay.png") -> str:
-        folder = session_dir / view.notes[0] if view.notes else session_dir
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
-        path.write_bytes(encode_png(image))
-        return str(path)
-
-    def render(view: View, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
-               pending: bool = False) -> tuple[str, str, str, str]:
-        table = view_colours(view)
+    def draw(view: View, level: int, opacity: float, bounds: bool, dim: bool, equal: bool) -> tuple[str, str]:
+        """The overlay (written as this session's ``overlay.png``) and the tree."""
         image = view_overlay(view, OverlayStyle(int(level), float(opacity), bool(bounds), bool(dim)))
-        path = overlay_file(view, image)
-        tree_html = icicle_html(view.tree, view.selected, bool(equal), table)
+        folder = session_dir / view.session
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "overlay.png"
+        path.write_bytes(encode_png(image))
+        return str(path), icicle_html(view.tree, view.selected, bool(equal), view_colours(view))
+
+    def panels(view: View, pending: bool = False) -> tuple[str, str]:
+        """The selected-segment panel and the concepts panel."""
         info = view.info(view.selected) if view.selected else None
-        panel = panel_html(info, table, view.tree.level_predictions is not None, pending)
-        concepts = concepts_html(view.tree, view.result.concept_thumbnails, info)
-        return path, tree_html, panel, concepts
+        panel = panel_html(info, view_colours(view), view.tree.level_predictions is not None, pending)
+        return panel, concepts_html(view.tree, view.result.concept_thumbnails, info)
 
     def status_text(view: View) -> str:
         tree = view.tree
@@ -206,14 +202,14 @@ def build(explorer: Explorer) -> gr.Blocks:
         for note in result.tree.image_notes:
             gr.Warning(f"{result.tree.image_name}: {note}", title="Image converted")
         view = View.of(result)
-        view.notes = [uuid.uuid4().hex]
-        overlay_path, tree_html, panel, concepts = render(view, level, opacity, bounds, dim, equal)
+        overlay_path, tree_html = draw(view, level, opacity, bounds, dim, equal)
+        panel, concepts = panels(view)
         return (view, overlay_path, tree_html, panel, level_predictions_html(result.tree), str(result.json_path),
                 str(result.labels_path), overlay_path, result.tree.to_dict(), status_text(view), concepts)
 
     def resegment(image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
         if image is None:
-            return (gr.skip(),) * 11
+            return (gr.skip(),) * len(seg_outputs)
         return segment(image, model, level, opacity, bounds, dim, equal)
 
     def select(view: View | None, key: str, level: int | None, opacity: float, bounds: bool, dim: bool, equal: bool):
@@ -221,7 +217,8 @@ def build(explorer: Explorer) -> gr.Blocks:
             raise gr.Error("The session has expired or no image is segmented yet: segment a photo first.", title="No image")
         view.selected = key
         lv = key_level(key) if level is None else level
-        path, tree_html, panel, concepts = render(view, lv, opacity, bounds, dim, equal, pending=needs_recognition(view))
+        path, tree_html = draw(view, lv, opacity, bounds, dim, equal)
+        panel, concepts = panels(view, pending=needs_recognition(view))
         return view, lv, path, tree_html, panel, path, concepts
 
     @timed
@@ -245,7 +242,7 @@ def build(explorer: Explorer) -> gr.Blocks:
 
     @gpu
     @timed
-    def recognise(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
+    def recognise(view: View | None):
         if not needs_recognition(view):
             return gr.skip(), gr.skip()
         assert view is not None and view.selected is not None
@@ -253,14 +250,13 @@ def build(explorer: Explorer) -> gr.Blocks:
             explorer.recognise(view.result, view.selected)
         except CastError as e:
             raise _error(e) from None
-        info = view.info(view.selected)
-        return panel_html(info, view_colours(view), True), str(view.result.json_path)
+        return panels(view)[0], str(view.result.json_path)
 
     @timed
     def restyle(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
         if view is None:
             return gr.skip(), gr.skip(), gr.skip()
-        path, tree_html, _, _ = render(view, level, opacity, bounds, dim, equal)
+        path, tree_html = draw(view, level, opacity, bounds, dim, equal)
         return path, tree_html, path
 
     def change_model(model: str, previous: str):
@@ -303,9 +299,11 @@ def build(explorer: Explorer) -> gr.Blocks:
             iou = np.count_nonzero(cast_mask & vit_mask) / max(union, 1)
             n = cast_mask.size
             summary = compare_summary((f"L{level}-{cast_id}", cast_mask.sum() / n), (f"L{level}-{vit_id}", vit_mask.sum() / n), iou)
-        cast_img = overlay(view.result.photo, view.maps, colours(view.tree), style, cast_mask)
         assert view.result.baseline is not None and view.baseline_maps is not None
-        vit_img = overlay(view.result.photo, view.baseline_maps, colours(view.result.baseline), style, vit_mask)
+        if "baseline_colours" not in view.cache:
+            view.cache["baseline_colours"] = colours(view.result.baseline)
+        cast_img = overlay(view.result.photo, view.maps, view_colours(view), style, cast_mask)
+        vit_img = overlay(view.result.photo, view.baseline_maps, view.cache["baseline_colours"], style, vit_mask)
         return cast_img, vit_img, summary
 
     def on_compare_click(view: View | None, level: int, evt: gr.SelectData):
@@ -384,11 +382,11 @@ def build(explorer: Explorer) -> gr.Blocks:
         image.change(resegment, [image, model, *controls], seg_outputs, api_visibility="private", **seg_kw)
         overlay_img.select(on_overlay_click, [view_state, *controls], sel_outputs, api_visibility="private",
                            trigger_mode="always_last", show_progress="hidden").then(
-            recognise, [view_state, *controls], [panel, dl_json], api_visibility="private", show_progress="hidden", **seg_kw)
+            recognise, [view_state], [panel, dl_json], api_visibility="private", show_progress="hidden", **seg_kw)
         for source in (tree, panel):
             source.select(on_tree_click, [view_state, opacity, bounds, dim, equal], sel_outputs, api_visibility="private",
                           trigger_mode="always_last", show_progress="hidden").then(
-                recognise, [view_state, *controls], [panel, dl_json], api_visibility="private", show_progress="hidden", **seg_kw)
+                recognise, [view_state], [panel, dl_json], api_visibility="private", show_progress="hidden", **seg_kw)
         for control in (level, bounds, dim, equal):
             control.input(restyle, [view_state, *controls], [overlay_img, tree, dl_overlay], api_visibility="private",
                           show_progress="hidden", trigger_mode="always_last")

@@ -7,6 +7,7 @@ Selection keys: ``"root"`` (the whole image), ``"L4-2"`` (segment 2 of level 4, 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +96,7 @@ class View:
     selected: str | None = None
     baseline_maps: dict[int, np.ndarray] | None = None
     compare_point: tuple[int, int] | None = None  # last clicked pixel in the compare view
-    notes: list[str] = field(default_factory=list)
+    session: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this session's overlay file
     cache: dict[str, Any] = field(default_factory=dict)  # drawing caches (colours, unselected overlay layers)
 
     @classmethod

@@ -22,7 +22,7 @@ from .image import ImageLike, read_image
 from .models.cast import _layer_norm, sincos_pos_embed_2d
 from .weights import ModelInfo
 
-__all__ = ["ConvStemViT", "spherical_kmeans", "hierarchical_kmeans", "ViTKMeansSegmenter", "VIT_VARIANTS"]
+__all__ = ["ConvStemViT", "spherical_kmeans", "kmeans_tree", "hierarchical_kmeans", "ViTKMeansSegmenter", "VIT_VARIANTS"]
 
 
 class ConvStemViT(nn.Module):
@@ -109,18 +109,37 @@ def spherical_kmeans(x: torch.Tensor, k: int, weights: torch.Tensor | None = Non
     return (x @ c.t()).argmax(1), c.float()
 
 
-def hierarchical_kmeans(x: torch.Tensor, num_clusters: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
-    """Level 1 clusters the rows of ``x``; level l clusters level l-1's centroids (weighted by their
-    sizes). Returns, per level, the cluster of each row of ``x`` (levels nest by construction)."""
+def kmeans_tree(x: torch.Tensor, num_clusters: list[int] | tuple[int, ...], seed: int = 0
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Hierarchical spherical k-means: level 1 clusters the rows of ``x`` ``[N, C]``; level l
+    clusters level l-1's centroids, weighted by their sizes, so the clusters form a tree.
+
+    Returns ``(centroids, parents, labels)``: per level ``[K_l, C]`` unit centroids and ``[K_l]``
+    parent ids at level l+1 (zeros at the top), and ``[N, L]`` the cluster of every row at every
+    level. A level asked for more clusters than it has points repeats its first centroid.
+    """
+    x = F.normalize(x.double(), dim=1)
     assign, centres = spherical_kmeans(x, num_clusters[0], seed=seed)
+    centroids, parents, labels = [centres], [], [assign]
     sizes = torch.bincount(assign, minlength=centres.shape[0]).double()
-    labels = [assign]
     for k in num_clusters[1:]:
-        sub, new_centres = spherical_kmeans(centres, k, weights=sizes.clamp(min=1e-6), seed=seed)
+        sub, new = spherical_kmeans(centroids[-1], k, weights=sizes.clamp(min=1e-6), seed=seed)
+        parents.append(sub)
         labels.append(sub[labels[-1]])
-        sizes = torch.zeros(new_centres.shape[0], dtype=torch.double).index_add_(0, sub, sizes)
-        centres = new_centres
-    return labels
+        sizes = torch.zeros(new.shape[0], dtype=torch.double).index_add_(0, sub, sizes)
+        centroids.append(new)
+    parents.append(torch.zeros(centroids[-1].shape[0], dtype=torch.long))
+    for lv, k in enumerate(num_clusters):
+        if centroids[lv].shape[0] < k:
+            extra = k - centroids[lv].shape[0]
+            centroids[lv] = torch.cat([centroids[lv], centroids[lv][:1].repeat(extra, 1)])
+            parents[lv] = torch.cat([parents[lv], parents[lv][:1].repeat(extra)])
+    return [c.float() for c in centroids], parents, torch.stack(labels, 1)
+
+
+def hierarchical_kmeans(x: torch.Tensor, num_clusters: tuple[int, ...], seed: int = 0) -> list[torch.Tensor]:
+    """Per level, the cluster of each row of ``x`` (see :func:`kmeans_tree`; levels nest)."""
+    return list(kmeans_tree(x, num_clusters, seed=seed)[2].unbind(1))
 
 
 class ViTKMeansSegmenter:

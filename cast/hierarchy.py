@@ -40,13 +40,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Node", "Hierarchy", "build_hierarchy", "SCHEMA_NAME", "SCHEMA_VERSION", "node_key", "parse_node_key"]
+__all__ = ["Node", "Hierarchy", "build_hierarchy", "SCHEMA_NAME", "SCHEMA_VERSION", "node_key", "parse_node_key", "boundaries"]
 
 SCHEMA_NAME = "cast-hierarchy"
 SCHEMA_VERSION = 1
 NUM_LEVELS = 4
 
 Prediction = tuple[str, float]
+
+
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: pixels whose right or lower neighbour has another label."""
+    edge = np.zeros(labels.shape, bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    return edge
 
 
 def node_key(level: int, node_id: int) -> str:
@@ -224,10 +232,16 @@ class Hierarchy:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "hierarchy.json").write_text(self.to_json(indent=1))
-        for lv, m in enumerate(self.label_maps, start=1):
-            Image.fromarray(m).save(directory / f"level{lv}.png")
-        Image.fromarray(self.superpixels.astype(np.uint16)).save(directory / "superpixels.png")
+        for name, m in self.label_map_images().items():
+            Image.fromarray(m).save(directory / name)
         return directory
+
+    def label_map_images(self) -> dict[str, np.ndarray]:
+        """The label maps as :meth:`save` writes them: ``level1..4.png`` (ids) and
+        ``superpixels.png`` (16-bit), at the original resolution."""
+        images = {f"level{lv}.png": m for lv, m in enumerate(self.label_maps, start=1)}
+        images["superpixels.png"] = self.superpixels.astype(np.uint16)
+        return images
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,8 +84,11 @@ class Predictor:
         self.concepts = concepts.to(self.device).eval() if isinstance(concepts, ConceptHierarchy) else None
 
     # -- steps -----------------------------------------------------------------------------
-    def load(self, image: ImageLike) -> ImageInput:
-        """Decode any supported input (see :func:`cast.image.read_image`)."""
+    def load(self, image: ImageLike | ImageInput) -> ImageInput:
+        """Decode any supported input (see :func:`cast.image.read_image`); an already decoded
+        :class:`~cast.image.ImageInput` is used as it is."""
+        if isinstance(image, ImageInput):
+            return image
         return read_image(image, draft_to=2 * self.input_size)
 
     def to_model_image(self, rgb: np.ndarray) -> np.ndarray:
@@ -106,11 +109,12 @@ class Predictor:
 
     # -- main API --------------------------------------------------------------------------
     @torch.inference_mode()
-    def __call__(self, image: ImageLike) -> Hierarchy:
+    def __call__(self, image: ImageLike | ImageInput) -> Hierarchy:
         """Segment one image.
 
         Args:
-            image: path, bytes, file object, PIL image (any mode) or ``HxWx3`` uint8 array.
+            image: path, bytes, file object, PIL image (any mode), ``HxWx3`` uint8 array, or a
+                :class:`~cast.image.ImageInput` decoded by the caller.
 
         Returns:
             a :class:`Hierarchy` whose label maps have the original (EXIF-corrected) size.

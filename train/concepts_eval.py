@@ -22,28 +22,27 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
-import cast
+from cast.baselines import kmeans_tree
 from cast.concepts import load_concepts
 
-from .evaluate import EvalData, load_eval_data
-from .hirl import hierarchical_prototypes, purity
+from .evaluate import EvalData, load_eval_data, make_segmenter
+from .metrics import purity
 from .objectives import knn_top1
 
 __all__ = ["features", "linear_probe", "evaluate_concepts"]
 
 
-@torch.no_grad()
-def features(predictor: cast.Predictor, data: EvalData, batch: int = 32, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """Final [CLS] features ``[N, D]`` and labels ``[N]`` of a dataset's images."""
+def features(seg: Any, data: EvalData, batch: int = 32, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """Final [CLS] features ``[N, D]`` (the evaluation segmenter's ``classify_embed``) and labels ``[N]``."""
+    s = seg.input_size
     feats, labels = [], []
     for start in tqdm(range(0, len(data), batch), desc=desc, unit="batch", leave=False):
         items = [data.samples[i] for i in range(start, min(start + batch, len(data)))]
-        images = np.stack([predictor.to_model_image(it[0]) for it in items])
-        sp = torch.from_numpy(np.stack([predictor.compute_superpixels(im) for im in images]))
-        model = predictor.model
-        feats.append(model.forward_head(model.forward_features(predictor.normalise(images), sp), pre_logits=True).float())
+        images = np.stack([np.asarray(Image.fromarray(it[0]).resize((s, s), Image.Resampling.BILINEAR)) for it in items])
+        feats.append(torch.from_numpy(seg.classify_embed(images)[1]))
         labels += [int(it[1]) for it in items]
     return torch.cat(feats), torch.tensor(labels)
 
@@ -69,11 +68,10 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, 
 def evaluate_concepts(source: str, data: EvalData, ref: EvalData, coarse: list[int] | None = None,
                       num_prototypes: list[int] | None = None) -> dict[str, Any]:
     """Metrics of one model (see the module docstring). ``coarse[c]`` = coarse group of class ``c``."""
-    model = cast.load_model(source)
+    seg = make_segmenter(source)
     concepts = load_concepts(source) if Path(source).is_dir() else None
-    predictor = cast.Predictor(model, concepts=concepts)
-    ref_x, ref_y = features(predictor, ref, desc="reference features")
-    x, y = features(predictor, data, desc="evaluation features")
+    ref_x, ref_y = features(seg, ref, desc="reference features")
+    x, y = features(seg, data, desc="evaluation features")
     n_cls = len(data.classes)
     out: dict[str, Any] = {
         "model": source, "data": data.name, "n": len(data), "ref": ref.name, "ref_n": len(ref),
@@ -87,7 +85,7 @@ def evaluate_concepts(source: str, data: EvalData, ref: EvalData, coarse: list[i
     else:
         counts = list(num_prototypes or [40, 10, 3])
         out["concepts"] = f"hierarchical spherical k-means of the reference features ({counts})"
-        protos, _, _ = hierarchical_prototypes(ref_x, counts, seed=0)
+        protos, _, _ = kmeans_tree(ref_x, counts, seed=0)
         xn = F.normalize(x, dim=1)
         levels = torch.stack([(xn @ p.t()).argmax(1) for p in protos])
     out["num_prototypes"] = counts

@@ -14,7 +14,6 @@ import torch
 import torch.nn as nn
 import yaml
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 import cast
 
@@ -23,7 +22,8 @@ from .checkpoint import find_resume, load_checkpoint, rng_state, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .data.build import Datasets, build_datasets, build_loader
 from .data.views import sample_seed
-from .hirl import HIRL, purity
+from .hirl import HIRL
+from .metrics import purity
 from .objectives import MoCoV3, Supervised, encode, knn_top1
 
 __all__ = ["Trainer", "build_model", "fit"]
@@ -325,12 +325,9 @@ class Trainer:
         t0 = time.perf_counter()
         self.objective.eval()
         ds = self.data.cluster_bank
-        if self.dist.distributed:
-            sampler = DistributedSampler(ds, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=False)
-            loader = DataLoader(ds, batch_size=self.cfg.run.batch_size, sampler=sampler, num_workers=self.cfg.data.num_workers)
-        else:
-            loader = build_loader(ds, self.cfg.run.batch_size, train=False, seed=0, world_size=1, rank=0,
-                                  num_workers=self.cfg.data.num_workers, pin_memory=False)
+        # each rank embeds its share (DistributedSampler without shuffling pads the shares to equal size)
+        loader = build_loader(ds, self.cfg.run.batch_size, train=False, seed=0, world_size=self.dist.world_size,
+                              rank=self.dist.rank, num_workers=self.cfg.data.num_workers, pin_memory=False)
         feats, idx = [], []
         bar = None
         if self.dist.is_main:
@@ -346,10 +343,8 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        f, i = torch.cat(feats), torch.cat(idx)
-        if self.dist.distributed:  # equal shard sizes (DistributedSampler pads), so all_gather works
-            f = torch.cat(D.all_gather(f))
-            i = torch.cat(D.all_gather(i))
+        f = torch.cat(D.all_gather(torch.cat(feats)))
+        i = torch.cat(D.all_gather(torch.cat(idx)))
         stats = self.objective.cluster(f, i, self.epoch, seed=self.cfg.run.seed)
         self.objective.broadcast()
         self._log_line({"event": "hirl_cluster", "epoch": self.epoch, "images": int(i.unique().numel()),

@@ -24,53 +24,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cast.baselines import spherical_kmeans
+from cast.baselines import kmeans_tree
 from cast.concepts import ConceptHierarchy
 
 from .objectives import MoCoV3, encode
 
-__all__ = ["HIRL", "hierarchical_prototypes", "purity"]
-
-
-@torch.no_grad()
-def hierarchical_prototypes(x: torch.Tensor, num_prototypes: list[int], seed: int = 0
-                            ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """Cluster rows of ``x`` ``[N, D]`` into a prototype tree.
-
-    Returns ``(prototypes, parents, paths)``: per level ``[M_l, D]`` unit centroids and ``[M_l]``
-    parent ids (zeros at the top), and ``[N, L]`` the prototype of each row at every level.
-    Levels with fewer points than prototypes keep duplicate (unused) prototypes.
-    """
-    x = F.normalize(x.double(), dim=1)
-    protos, parents, labels = [], [], []
-    assign, centres = spherical_kmeans(x, num_prototypes[0], seed=seed)
-    labels.append(assign)
-    protos.append(centres)
-    sizes = torch.bincount(assign, minlength=centres.shape[0]).double()
-    for m in num_prototypes[1:]:
-        sub, new = spherical_kmeans(protos[-1].double(), m, weights=sizes.clamp(min=1e-6), seed=seed)
-        parents.append(sub)
-        labels.append(sub[labels[-1]])
-        sizes = torch.zeros(new.shape[0], dtype=torch.double).index_add_(0, sub, sizes)
-        protos.append(new)
-    parents.append(torch.zeros(protos[-1].shape[0], dtype=torch.long))
-    for lv, m in enumerate(num_prototypes):  # pad if k-means had fewer points than prototypes
-        if protos[lv].shape[0] < m:
-            extra = m - protos[lv].shape[0]
-            protos[lv] = torch.cat([protos[lv], protos[lv][:1].repeat(extra, 1)])
-            parents[lv] = torch.cat([parents[lv], parents[lv][:1].repeat(extra)])
-    return [p.float() for p in protos], parents, torch.stack(labels, 1)
-
-
-def purity(clusters: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of items whose cluster's majority label is their own label."""
-    if clusters.numel() == 0:
-        return 0.0
-    correct = 0
-    for c in clusters.unique():
-        members = labels[clusters == c]
-        correct += int(torch.bincount(members).max())
-    return correct / clusters.numel()
+__all__ = ["HIRL"]
 
 
 class HIRL(MoCoV3):
@@ -116,7 +75,7 @@ class HIRL(MoCoV3):
             first_row.setdefault(i, row)
         features = features.float().cpu()[torch.tensor(list(first_row.values()))]
         indices = torch.tensor(list(first_row.keys()), dtype=torch.long)
-        protos, parents, paths = hierarchical_prototypes(features, self.concepts.num_prototypes, seed=seed + epoch)
+        protos, parents, paths = kmeans_tree(features, self.concepts.num_prototypes, seed=seed + epoch)
         self.paths.fill_(-1)
         self.paths[indices.to(device)] = paths.to(device)
         x = F.normalize(features, dim=1)
@@ -151,10 +110,10 @@ class HIRL(MoCoV3):
 
     def path_loss(self, z: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         paths = self.paths[indices]
-        valid = paths[:, 0] >= 0
-        if not bool(valid.any()):
-            return sum(p.sum() for p in self.concepts.parameters()) * 0.0  # keeps DDP's graph complete
-        z, paths = z[valid], paths[valid]
+        # images without a path yet (before the first clustering) weigh 0: no host sync, and every
+        # head stays in the graph (DDP needs all parameters used in every step)
+        weight = (paths[:, 0] >= 0).float()
+        paths = paths.clamp(min=0)
         tau = self.concepts.temperature
         scores = [s / tau for s in self.concepts.scores(z)]  # [B, M_l] per level
         pos = sum(F.logsigmoid(s.gather(1, paths[:, lv:lv + 1]).squeeze(1)) for lv, s in enumerate(scores))
@@ -164,7 +123,8 @@ class HIRL(MoCoV3):
         differs = (neg_paths != paths[:, None, :]).float()
         neg_logp = sum(differs[..., lv] * F.logsigmoid(s.gather(1, neg_paths[..., lv])) for lv, s in enumerate(scores))
         neg_loss = -torch.log1p(-neg_logp.exp().clamp(max=1 - 1e-6))
-        return (-pos).mean() + neg_loss.mean()
+        per_image = -pos + neg_loss.mean(1)
+        return (weight * per_image).sum() / weight.sum().clamp(min=1.0)
 
     def forward(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         x1, sp1, x2, sp2 = batch[:4]

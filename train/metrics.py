@@ -7,9 +7,12 @@ of one image is the mean IoU over the classes present in the ground truth or the
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
 
-__all__ = ["miou", "oracle_labels", "consistency", "boundary_f", "boundaries"]
+from cast.hierarchy import boundaries
+
+__all__ = ["miou", "oracle_labels", "consistency", "boundary_f", "boundaries", "purity"]
 
 
 def miou(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -45,14 +48,6 @@ def consistency(segments: np.ndarray, object_mask: np.ndarray, threshold: float 
     return float(np.mean(np.maximum(frac, 1 - frac) >= threshold))
 
 
-def boundaries(labels: np.ndarray) -> np.ndarray:
-    """Pixels whose right or lower neighbour has another label."""
-    b = np.zeros(labels.shape, bool)
-    b[:, :-1] |= labels[:, :-1] != labels[:, 1:]
-    b[:-1, :] |= labels[:-1, :] != labels[1:, :]
-    return b
-
-
 def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
     """Boundary F-score: a predicted boundary pixel counts if a ground-truth boundary lies within
     ``tolerance`` pixels (and vice versa for recall)."""
@@ -67,3 +62,11 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
     precision = (pb & near_g).sum() / pb.sum()
     recall = (gb & near_p).sum() / gb.sum()
     return float(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+
+
+def purity(clusters: torch.Tensor, labels: torch.Tensor) -> float:
+    """Share of items whose cluster's majority label is their own label."""
+    if clusters.numel() == 0:
+        return 0.0
+    correct = sum(int(torch.bincount(labels[clusters == c]).max()) for c in clusters.unique())
+    return correct / clusters.numel()

@@ -22,6 +22,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 import cast
 
+from . import distributed as D
+
 __all__ = ["Supervised", "MoCoV3", "SuperpixelMixup", "encode", "takes_superpixels"]
 
 
@@ -121,16 +123,6 @@ def _mlp(num_layers: int, in_dim: int, hidden: int, out_dim: int, last_bn: bool 
     return nn.Sequential(*layers)
 
 
-@torch.no_grad()
-def _gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate a tensor from every rank (no gradient; the keys need none)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
 class MoCoV3(nn.Module):
     """MoCo-v3 around a headless backbone; batch = ``(x1, sp1, x2, sp2, labels)``."""
 
@@ -166,7 +158,8 @@ class MoCoV3(nn.Module):
 
     def _contrast(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         q = F.normalize(q, dim=1)
-        k = F.normalize(_gather(F.normalize(k, dim=1)), dim=1)
+        with torch.no_grad():  # the keys need no gradient
+            k = F.normalize(torch.cat(D.all_gather(F.normalize(k, dim=1))), dim=1)
         logits = q @ k.t() / self.temperature
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         labels = torch.arange(q.shape[0], device=q.device) + q.shape[0] * rank

@@ -13,6 +13,14 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
 
+def click_at(image, fx: float, fy: float) -> None:
+    """Click an image at a fraction of its width and height (scrolled into view first)."""
+    image.scroll_into_view_if_needed()
+    box = image.bounding_box()
+    assert box is not None
+    image.click(position={"x": box["width"] * fx, "y": box["height"] * fy})
+
+
 def _panel_text(page) -> str:
     return page.locator("#segment-panel").inner_text()
 
@@ -41,11 +49,7 @@ def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
             assert "No segment selected" in empty
 
             # click the overlay: the segment under the click (level 2 by default) fills the panel
-            overlay = page.locator("#overlay img")
-            overlay.scroll_into_view_if_needed()
-            box = overlay.bounding_box()
-            assert box is not None
-            overlay.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.6})
+            click_at(page.locator("#overlay img"), 0.3, 0.6)
             expect(page.locator("#segment-panel h4")).to_contain_text("Segment L2-", timeout=30_000)
             clicked = page.locator("#segment-panel h4").inner_text()
             expect(page.locator("#tree .selected")).to_have_count(1)
@@ -89,11 +93,7 @@ def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
             page.locator("#compare-button").click()
             page.wait_for_selector("#compare-cast img", timeout=60_000)
             page.wait_for_selector("#compare-vit img", timeout=60_000)
-            cast_img = page.locator("#compare-cast img")
-            cast_img.scroll_into_view_if_needed()
-            box = cast_img.bounding_box()
-            assert box is not None
-            cast_img.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
+            click_at(page.locator("#compare-cast img"), 0.5, 0.5)
             expect(page.locator("#compare-summary")).to_contain_text("IoU", timeout=30_000)
             page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
             assert not errors, errors

@@ -191,8 +191,12 @@ def test_examples_are_precomputed_and_cached(explorer, uploads, tmp_path):
     copy = tmp_path / "same-bytes.jpg"
     copy.write_bytes(uploads["good.jpg"].read_bytes())
     assert explorer.segment(copy, "bundled") is first  # same content, same model: no new forward pass
+    before = set(explorer._results.keys())
     explorer.precompute([uploads["cmyk.jpg"]])
-    assert explorer.segment(uploads["cmyk.jpg"], "bundled").tree.image_notes == ("CMYK image converted to 8-bit RGB",)
+    (new_key,) = set(explorer._results.keys()) - before  # the example is in the cache before anyone asks
+    precomputed = explorer._results.get(new_key)
+    assert explorer.segment(uploads["cmyk.jpg"], "bundled") is precomputed
+    assert precomputed.tree.image_notes == ("CMYK image converted to 8-bit RGB",)
 
 
 def test_downloads_hold_the_tree_and_label_maps(result):

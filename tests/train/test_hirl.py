@@ -14,11 +14,13 @@ import torch
 import torch.nn.functional as F
 
 import cast
+from cast.baselines import kmeans_tree
 from cast.concepts import load_concepts
 from train.config import ConfigError, load_config
 from train.engine import fit
 from train.export import export_run
-from train.hirl import HIRL, hierarchical_prototypes, purity
+from train.hirl import HIRL
+from train.metrics import purity
 
 from .test_train import CONFIGS, ROOT, TINY, read_metrics
 
@@ -41,7 +43,7 @@ def clustered_points(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.T
 
 def test_prototype_tree_nests_and_finds_the_groups():
     x, sub, grp = clustered_points()
-    protos, parents, paths = hierarchical_prototypes(x, [9, 3], seed=0)
+    protos, parents, paths = kmeans_tree(x, [9, 3], seed=0)
     assert [p.shape for p in protos] == [(9, 16), (3, 16)]
     assert torch.allclose(protos[0].norm(dim=1), torch.ones(9), atol=1e-5)
     assert torch.equal(paths[:, 1], parents[0][paths[:, 0]])  # a tree: level-2 id = parent of the level-1 id
