@@ -1,18 +1,18 @@
 """CAST Explorer's web app (Gradio). Start it with ``python app.py``.
 
 Modules: ``config`` (settings), ``service`` (models, segmentation, downloads; no Gradio), ``view``
-(a session's display maps and selection), ``render`` (overlay, tree, panels), ``ui`` (layout and
-callbacks). The app uses the model library only through ``cast.Predictor`` and friends.
+(a session's display maps, selection and comparison; no Gradio), ``render`` (overlay, tree, panels),
+``callbacks`` (the event handlers), ``ui`` (layout and event wiring). The app uses the model library
+only through its public API (``cast.load_segmenter``, ``cast.Hierarchy``, ``cast.SegmentKey``).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 from .config import AppConfig, server_address
-from .service import Explorer
+from .service import Explorer, example_files
 
 __all__ = ["AppConfig", "Explorer", "create_app", "main"]
 
@@ -28,7 +28,7 @@ def create_app(cfg: AppConfig | None = None, explorer: Explorer | None = None): 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.precompute_examples:
-        examples = sorted(p for p in Path(cfg.examples_dir).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        examples = example_files(cfg.examples_dir)
         threading.Thread(target=explorer.precompute, args=(examples,), name="precompute-examples", daemon=True).start()
     demo = build(explorer)
     demo.queue(max_size=cfg.queue_size, default_concurrency_limit=cfg.workers)

@@ -19,15 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from cast.hierarchy import Hierarchy, boundaries
+from cast.keys import ROOT, Level, SegmentKey
 
-from .view import ROOT, SUPERPIXELS, WHOLE, SegmentInfo, View, key_level, path_keys
+from .view import CompareSelection, SegmentInfo, View
 
 GOLDEN = 0.618033988749895
 LIGHTNESS = {4: 0.40, 3: 0.50, 2: 0.60, 1: 0.70}  # lighter with depth
 SATURATION = 0.65
 ROOT_COLOUR = (150, 150, 150)
 SELECT_COLOUR = (255, 214, 0)
-LEVEL_NAMES = {WHOLE: "whole image", 4: "level 4", 3: "level 3", 2: "level 2", 1: "level 1", SUPERPIXELS: "superpixel"}
+LEVEL_NAMES = {Level.WHOLE: "whole image", Level.L4: "level 4", Level.L3: "level 3", Level.L2: "level 2", Level.L1: "level 1",
+               Level.SUPERPIXEL: "superpixel"}
 
 
 def _rgb(h: float, lightness: float, s: float = SATURATION) -> tuple[int, int, int]:
@@ -35,9 +37,9 @@ def _rgb(h: float, lightness: float, s: float = SATURATION) -> tuple[int, int, i
     return round(r * 255), round(g * 255), round(b * 255)
 
 
-def colours(tree: Hierarchy) -> dict[int, np.ndarray]:
-    """``{level: [n_level, 3] uint8}`` for levels 1..4 plus ``WHOLE`` (one grey) and
-    ``SUPERPIXELS`` (each superpixel a shade of its level-1 segment)."""
+def colours(tree: Hierarchy) -> dict[Level, np.ndarray]:
+    """``{level: [n_level, 3] uint8}`` for levels 1..4 plus ``Level.WHOLE`` (one grey) and
+    ``Level.SUPERPIXEL`` (each superpixel a shade of its level-1 segment)."""
     hues: dict[int, dict[int, float]] = {4: {n.id: (i * GOLDEN) % 1.0 for i, n in enumerate(tree.nodes_at(4))}}
     for level in (3, 2, 1):
         hues[level] = {}
@@ -47,33 +49,39 @@ def colours(tree: Hierarchy) -> dict[int, np.ndarray]:
             for rank, child in enumerate(kids):
                 offset = (rank - (len(kids) - 1) / 2) * spread / max(len(kids), 1)
                 hues[level][child] = hues[level + 1][parent.id] + offset
-    out: dict[int, np.ndarray] = {}
+    out: dict[Level, np.ndarray] = {}
     for level in (1, 2, 3, 4):
         n = len(tree.nodes_at(level))
         table = np.zeros((max(n, 1), 3), np.uint8)
         for i in range(n):
             # siblings alternate lightness slightly so neighbours differ even with close hues
             table[i] = _rgb(hues[level].get(i, 0.0), LIGHTNESS[level] + (0.04 if i % 2 else -0.02))
-        out[level] = table
+        out[Level(level)] = table
     sp_to_l1 = tree.superpixel_to_level1.astype(np.int64)
     sp = out[1][np.maximum(sp_to_l1, 0)].astype(np.int16)
     jitter = ((np.arange(len(sp_to_l1)) * 37) % 7 - 3)[:, None] * 6
-    out[SUPERPIXELS] = np.clip(sp + jitter, 0, 255).astype(np.uint8)
-    out[WHOLE] = np.array([ROOT_COLOUR], np.uint8)
+    out[Level.SUPERPIXEL] = np.clip(sp + jitter, 0, 255).astype(np.uint8)
+    out[Level.WHOLE] = np.array([ROOT_COLOUR], np.uint8)
     return out
 
 
-def view_colours(view: View) -> dict[int, np.ndarray]:
+def view_colours(view: View) -> dict[Level, np.ndarray]:
     """:func:`colours` of a view's tree, computed once per view."""
-    if "colours" not in view.cache:
-        view.cache["colours"] = colours(view.tree)
-    return view.cache["colours"]
+    if view.cache.colours is None:
+        view.cache.colours = colours(view.tree)
+    return view.cache.colours
 
 
-def colour_of(tree_colours: dict[int, np.ndarray], key: str) -> tuple[int, int, int]:
-    level = key_level(key)
-    idx = 0 if key == ROOT else int(key.split("-")[1])
-    c = tree_colours[level][idx]
+def baseline_colours(view: View) -> dict[Level, np.ndarray]:
+    """:func:`colours` of the ViT baseline's tree beside a view, computed once per view."""
+    assert view.result.baseline is not None
+    if view.cache.baseline_colours is None:
+        view.cache.baseline_colours = colours(view.result.baseline)
+    return view.cache.baseline_colours
+
+
+def colour_of(tree_colours: dict[Level, np.ndarray], key: SegmentKey) -> tuple[int, int, int]:
+    c = tree_colours[key.level][key.id]
     return int(c[0]), int(c[1]), int(c[2])
 
 
@@ -108,7 +116,7 @@ def _outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
 
 @dataclass(frozen=True)
 class OverlayStyle:
-    level: int = 2  # display level: WHOLE, 4..1 or SUPERPIXELS
+    level: int = 2  # display level (cast.Level): WHOLE, 4..1 or SUPERPIXEL
     opacity: float = 0.5  # colour over the photo, 0..1
     show_boundaries: bool = True
     dim_rest: bool = False  # darken everything outside the selected segment
@@ -142,7 +150,7 @@ def select_overlay(base: np.ndarray, selected: np.ndarray | None, dim_rest: bool
     return out
 
 
-def overlay(photo: np.ndarray, maps: dict[int, np.ndarray], table: dict[int, np.ndarray],
+def overlay(photo: np.ndarray, maps: dict[Level, np.ndarray], table: dict[Level, np.ndarray],
             style: OverlayStyle, selected: np.ndarray | None = None) -> np.ndarray:
     """Colour the photo by segment.
 
@@ -155,24 +163,24 @@ def overlay(photo: np.ndarray, maps: dict[int, np.ndarray], table: dict[int, np.
     Returns:
         ``[h, w, 3]`` uint8.
     """
-    base = base_overlay(photo, maps[style.level], table[style.level], style.opacity, style.show_boundaries,
-                        style.level != WHOLE)
+    level = Level(int(style.level))
+    base = base_overlay(photo, maps[level], table[level], style.opacity, style.show_boundaries, level != Level.WHOLE)
     return select_overlay(base, selected, style.dim_rest)
 
 
 def view_overlay(view: View, style: OverlayStyle) -> np.ndarray:
     """The overlay of a session's view; the unselected layer is cached per style, so a click only
     outlines the new selection."""
-    key = (style.level, round(float(style.opacity), 3), bool(style.show_boundaries))
-    cache = view.cache.setdefault("base", {})
-    if key not in cache:
-        cache.clear()  # one style at a time: a few MB per session
-        base = base_overlay(view.result.photo, view.maps[style.level], view_colours(view)[style.level], style.opacity,
-                            style.show_boundaries, style.level != WHOLE)
-        cache[key] = (base, (base.astype(np.uint16) * round(DIM * 256) >> 8).astype(np.uint8))
-    base, dimmed = cache[key]
+    level = Level(int(style.level))
+    key = (level, round(float(style.opacity), 3), bool(style.show_boundaries))
+    cache = view.cache
+    if cache.base_style != key or cache.base is None:  # one style at a time: a few MB per session
+        cache.base = base_overlay(view.result.photo, view.maps[level], view_colours(view)[level], style.opacity,
+                                  style.show_boundaries, level != Level.WHOLE)
+        cache.dimmed = (cache.base.astype(np.uint16) * round(DIM * 256) >> 8).astype(np.uint8)
+        cache.base_style = key
     mask = view.mask(view.selected) if view.selected else None
-    return select_overlay(base, mask, style.dim_rest, dimmed)
+    return select_overlay(cache.base, mask, style.dim_rest, cache.dimmed)
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -198,10 +206,11 @@ def encode_png(image: np.ndarray) -> bytes:
 # Icicle tree
 # ---------------------------------------------------------------------------------------------
 
-ROWS = [WHOLE, 4, 3, 2, 1]  # icicle rows, top to bottom
+ROWS = [Level.WHOLE, Level.L4, Level.L3, Level.L2, Level.L1]  # icicle rows, top to bottom
 
 
-def icicle_layout(tree: Hierarchy, equal_width: bool = False, min_share: float = 0.35) -> dict[str, tuple[float, float, int]]:
+def icicle_layout(tree: Hierarchy, equal_width: bool = False,
+                  min_share: float = 0.35) -> dict[SegmentKey, tuple[float, float, int]]:
     """Horizontal extent of every node: ``{key: (x0, x1, row)}`` with x in [0, 1], row 0 = root.
 
     Leaves (level-1 segments) get a width proportional to their area, but never less than
@@ -216,7 +225,7 @@ def icicle_layout(tree: Hierarchy, equal_width: bool = False, min_share: float =
     else:
         weight = {lf.id: max(lf.area / total_area, min_share / n) for lf in leaves}
     scale = 1.0 / sum(weight.values())
-    layout: dict[str, tuple[float, float, int]] = {}
+    layout: dict[SegmentKey, tuple[float, float, int]] = {}
     x = 0.0
 
     def place(level: int, node_id: int) -> tuple[float, float]:
@@ -243,14 +252,14 @@ def _short(preds: list[tuple[str, float]] | None) -> str:
     return preds[0][0] if preds else ""
 
 
-def icicle_html(tree: Hierarchy, selected: str | None, equal_width: bool = False,
-                table: dict[int, np.ndarray] | None = None, width: int = 1000, row_height: int = 30) -> str:
+def icicle_html(tree: Hierarchy, selected: SegmentKey | None, equal_width: bool = False,
+                table: dict[Level, np.ndarray] | None = None, width: int = 1000, row_height: int = 30) -> str:
     """The tree as an SVG icicle plus a breadcrumb; every node is ``<rect data-node="KEY">``."""
     table = table if table is not None else colours(tree)
     layout = icicle_layout(tree, equal_width)
-    path = path_keys(tree, selected) if selected else []
+    path = tree.path_keys(selected) if selected else []
     # a selected superpixel is shown through its level-1 segment (the tree stops at level 1)
-    marked = path[-2] if selected and selected.startswith("S-") else selected
+    marked = path[-2] if selected and selected.is_superpixel else selected
     w_img, h_img = tree.size
     area = w_img * h_img
     parts: list[str] = []
@@ -283,7 +292,7 @@ def icicle_html(tree: Hierarchy, selected: str | None, equal_width: bool = False
     height = len(ROWS) * row_height
     row_labels = "".join(
         f'<div class="row-label" style="top:{i * row_height}px;height:{row_height - 2}px">'
-        f'{"whole" if lv == WHOLE else f"L{lv}"}</div>' for i, lv in enumerate(ROWS)
+        f'{"whole" if lv == Level.WHOLE else f"L{int(lv)}"}</div>' for i, lv in enumerate(ROWS)
     )
     return (
         f'<div class="cast-tree">{breadcrumb_html(tree, selected)}'
@@ -293,13 +302,13 @@ def icicle_html(tree: Hierarchy, selected: str | None, equal_width: bool = False
     )
 
 
-def breadcrumb_html(tree: Hierarchy, selected: str | None) -> str:
+def breadcrumb_html(tree: Hierarchy, selected: SegmentKey | None) -> str:
     if not selected:
         return '<div class="breadcrumb">Click a segment in the image or a node of the tree.</div>'
     crumbs = []
-    for key in path_keys(tree, selected):
-        name = "whole image" if key == ROOT else key
-        if key.startswith("L"):
+    for key in tree.path_keys(selected):
+        name = "whole image" if key.is_root else str(key)
+        if key.is_node:
             preds = tree.node(key).predictions
             if preds:
                 name += f" ({preds[0][0]})"
@@ -324,18 +333,18 @@ def _pred_rows(preds: list[tuple[str, float]] | None) -> str:
     return f'<div class="preds">{rows}</div>'
 
 
-def _chip(key: str, table: dict[int, np.ndarray]) -> str:
-    colour = hex_colour(colour_of(table, key)) if key != ROOT else hex_colour(ROOT_COLOUR)
+def _chip(key: SegmentKey, table: dict[Level, np.ndarray]) -> str:
+    colour = hex_colour(colour_of(table, key)) if not key.is_root else hex_colour(ROOT_COLOUR)
     return f'<span class="chip" data-node="{key}" style="border-color:{colour}">{key}</span>'
 
 
-def panel_html(info: SegmentInfo | None, table: dict[int, np.ndarray], has_head: bool,
+def panel_html(info: SegmentInfo | None, table: dict[Level, np.ndarray], has_head: bool,
                pending: bool = False) -> str:
     """The selected-segment panel."""
     if info is None:
         return '<div class="segment-panel empty">No segment selected yet. Click the image or the tree.</div>'
-    title = "Whole image" if info.key == ROOT else (
-        f"Superpixel {info.id}" if info.level == SUPERPIXELS else f"Segment {info.key}")
+    title = "Whole image" if info.key.is_root else (
+        f"Superpixel {info.id}" if info.key.is_superpixel else f"Segment {info.key}")
     facts = [
         ("level", LEVEL_NAMES[info.level]),
         ("id", str(info.id)),
@@ -351,9 +360,9 @@ def panel_html(info: SegmentInfo | None, table: dict[int, np.ndarray], has_head:
         out.append('<p class="muted">This model has no classifier (self-supervised weights): no class predictions.</p>')
     else:
         if info.token_predictions:
-            what = "the image token after the last stage" if info.key == ROOT else "the segment's own token"
+            what = "the image token after the last stage" if info.key.is_root else "the segment's own token"
             out.append(f'<h5>Model says (from {what})</h5>{_pred_rows(info.token_predictions)}')
-        if info.level in (1, 2, 3, 4):
+        if info.key.is_node:
             if info.masked_predictions:
                 out.append(f'<h5>Segment on its own (masked image)</h5>{_pred_rows(info.masked_predictions)}')
             elif pending:
@@ -398,7 +407,7 @@ def concepts_html(tree: Hierarchy, thumbnails: dict[tuple[int, int], list[str]] 
     out = f'<div class="concepts"><h5>{head}</h5>{"".join(rows)}'
     if segment is not None and segment.concepts is not None:
         chain = " → ".join(f"C{lv}-{k}" for lv, k in reversed(list(enumerate(segment.concepts, start=1))))
-        out += f'<h5>Selected segment {html.escape(segment.key)}: {chain}</h5>'
+        out += f'<h5>Selected segment {html.escape(str(segment.key))}: {chain}</h5>'
         out += "".join(_thumbs(thumbnails.get((lv, k), []), 3) for lv, k in reversed(list(enumerate(segment.concepts, start=1))))
     return out + "</div>"
 
@@ -461,15 +470,30 @@ def _trend_svg(per_level: list[list[tuple[str, float]]], classes: list[str], w: 
             'class is in that level\'s top 5).</div>')
 
 
-def compare_summary(cast_info: tuple[str, float] | None, vit_info: tuple[str, float] | None, iou: float | None) -> str:
-    if cast_info is None or vit_info is None:
+def compare_summary(selection: CompareSelection | None) -> str:
+    if selection is None:
         return "Click either image: the segment under the click is outlined in both."
-    return (f"CAST {cast_info[0]}: {cast_info[1]:.1%} of the image · ViT + k-means {vit_info[0]}: "
-            f"{vit_info[1]:.1%} · overlap (IoU) {iou:.2f}")
+    return (f"CAST {selection.cast_key}: {selection.cast_share:.1%} of the image · ViT + k-means {selection.vit_key}: "
+            f"{selection.vit_share:.1%} · overlap (IoU) {selection.iou:.2f}")
+
+
+def compare_images(view: View, level: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """CAST's and the ViT baseline's overlays at tree level ``level``, the segment under the last
+    click outlined in both, and the summary line."""
+    assert view.baseline_maps is not None
+    selection = view.compare_at(level)
+    lv = selection.level if selection is not None else Level(min(max(int(level), 1), 4))
+    style = OverlayStyle(lv, 0.55, True, False)
+    cast_img = overlay(view.result.photo, view.maps, view_colours(view), style,
+                       selection.cast_mask if selection else None)
+    vit_img = overlay(view.result.photo, view.baseline_maps, baseline_colours(view), style,
+                      selection.vit_mask if selection else None)
+    return cast_img, vit_img, compare_summary(selection)
 
 
 __all__ = [
-    "colours", "view_colours", "overlay", "view_overlay", "base_overlay", "select_overlay", "encode_png", "OverlayStyle",
+    "colours", "view_colours", "baseline_colours", "overlay", "view_overlay", "base_overlay", "select_overlay", "encode_png",
+    "OverlayStyle", "compare_images",
     "icicle_layout", "icicle_html", "panel_html", "concepts_html",
     "level_predictions_html", "breadcrumb_html", "boundaries", "compare_summary",
 ]

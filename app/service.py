@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Predictor, load_model
-from cast.baselines import ViTKMeansSegmenter
+from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Segmenter, SegmentKey, load_segmenter
 from cast.image import ImageInput, read_image
 from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, bundled_dir
 
@@ -30,7 +29,7 @@ from .config import AppConfig
 
 log = logging.getLogger("cast_explorer")
 
-__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer"]
+__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer", "example_files"]
 
 
 @dataclass(frozen=True)
@@ -146,25 +145,26 @@ class ModelStore:
                 self._cache.put(name, hit)
             return hit
 
-    def predictor(self, name: str) -> Predictor:
-        """The loaded predictor of a listed model.
+    def segmenter(self, name: str) -> Segmenter:
+        """The loaded segmenter of a listed model or of a listed model's ViT baseline
+        (:func:`cast.load_segmenter`: a :class:`cast.Predictor` for CAST).
 
         Raises:
             CastLoadError: not listed, not available (offline), or not loadable; the message says why.
         """
-        if not self.known(name):
-            raise CastLoadError(f"unknown model {name!r}")
+        if not self.known(name) and name not in BASELINE_FOR.values():
+            raise CastLoadError(f"unknown model {name!r}", short="not one of the models offered here")
 
-        def build() -> Predictor:
+        def build() -> Segmenter:
             log.info("loading model %s", name)
-            return Predictor(name, top_k=5)
+            return load_segmenter(name, top_k=5)
 
         return self._get(name, build)
 
     def baseline_name(self, name: str) -> str | None:
         return BASELINE_FOR.get(name)
 
-    def baseline(self, name: str) -> ViTKMeansSegmenter:
+    def baseline(self, name: str) -> Segmenter:
         """The ViT + k-means segmenter the model ``name`` is compared with.
 
         Raises:
@@ -172,16 +172,12 @@ class ModelStore:
         """
         vit_name = self.baseline_name(name)
         if vit_name is None:
-            raise CastLoadError(f"no ViT baseline is known for {name}")
-
-        def build() -> ViTKMeansSegmenter:
-            vit = load_model(vit_name)
-            return ViTKMeansSegmenter(vit, vit.info)  # type: ignore[attr-defined]
-
-        return self._get(f"baseline:{vit_name}", build)
+            raise CastLoadError(f"no ViT baseline is known for {name}", short="no ViT baseline for this model")
+        return self.segmenter(vit_name)
 
     def loaded(self) -> list[str]:
-        return [k for k in self._cache.keys() if not str(k).startswith("baseline:")]
+        """The models in memory (baselines not counted)."""
+        return [k for k in self._cache.keys() if k not in BASELINE_FOR.values()]
 
 
 @dataclass
@@ -227,14 +223,14 @@ class Explorer:
         """The configured default model if it loads, else the bundled one and a notice saying why."""
         wanted = self.cfg.default_model
         try:
-            self.models.predictor(wanted)
+            self.models.segmenter(wanted)
             return wanted, None
         except CastLoadError as e:
             if wanted == BUNDLED:
                 raise
-            reason = str(e).split("\n")[0].split(". ")[0]
+            reason = e.short
             log.warning("default model %s unavailable (%s); using the bundled model", wanted, e)
-            self.models.predictor(BUNDLED)
+            self.models.segmenter(BUNDLED)
             return BUNDLED, (
                 f"**Offline mode**: the default model {wanted} could not be loaded ({reason}). Showing the bundled "
                 "model instead: cast_tiny trained on PartShapes (10 synthetic shape classes), so its class names "
@@ -257,7 +253,7 @@ class Explorer:
         hit = self._results.get(key)
         if hit is not None:
             return hit
-        predictor = self.models.predictor(model)
+        predictor = self.models.segmenter(model)
         buffer = io.BytesIO(data)
         buffer.name = Path(path).name  # for messages and the JSON's image name
         # decoded once, at the larger of the display and model scales, for both
@@ -266,16 +262,18 @@ class Explorer:
         photo = display_photo(src, self.cfg.display_size)
         folder = self.root / f"{key[1][:16]}-{abs(hash(model)) % 10**8}"
         write_downloads(tree, folder)
+        concepts = getattr(predictor, "concepts", None)
         result = Result(tree=tree, model=model, photo=photo, folder=folder,
-                        concept_thumbnails=predictor.concepts.thumbnails if predictor.concepts is not None else None)
+                        concept_thumbnails=concepts.thumbnails if concepts is not None else None)
         w, h = tree.size
         self._results.put(key, result, weight=w * h)  # full-resolution label maps: ~6 bytes per pixel
         return result
 
-    def recognise(self, result: Result, key: str) -> list[tuple[str, float]] | None:
-        """Masked-image recognition of one segment (cached in the tree); None without a classifier."""
-        predictor = self.models.predictor(result.model)
-        if not predictor.has_head or not key.startswith("L"):
+    def recognise(self, result: Result, key: SegmentKey) -> list[tuple[str, float]] | None:
+        """Masked-image recognition of one segment (cached in the tree); None without a classifier
+        or for keys that are not tree segments."""
+        predictor = self.models.segmenter(result.model)
+        if not predictor.has_head or not key.is_node:
             return None
         if key not in result.tree.segment_predictions:
             predictor.predict_segments(result.tree, [key])
@@ -296,6 +294,11 @@ class Explorer:
                 self.segment(p, self.default)
             except Exception as e:  # an example that fails must not stop the app
                 log.warning("example %s: %s", p, e)
+
+
+def example_files(folder: str | Path) -> list[Path]:
+    """The example photos (shown under the upload box, segmented when the app starts)."""
+    return sorted(p for p in Path(folder).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
 
 
 MIN_DISPLAY = 512  # small images are shown enlarged to this longest side, so their segments can be clicked

@@ -1,5 +1,5 @@
-"""The Gradio layout and its callbacks. Callbacks are glue: they call :class:`~app.service.Explorer`,
-:class:`~app.view.View` and :mod:`app.render` and turn library errors into ``gr.Error`` messages.
+"""The Gradio page: layout and event wiring only. What each event does is in
+:class:`app.callbacks.Callbacks`.
 
 Element ids (stable; tests and scripts use them): ``input-image``, ``model``, ``segment-button``,
 ``overlay``, ``level``, ``opacity``, ``boundaries``, ``dim``, ``equal-width``, ``tree``,
@@ -10,64 +10,17 @@ Element ids (stable; tests and scripts use them): ``input-image``, ``model``, ``
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
-from cast import CastError, CastLoadError, ImageReadError
+from .callbacks import Callbacks
+from .render import compare_summary, panel_html
+from .service import Explorer, example_files
+from .view import LEVEL_CHOICES
 
-from .render import (
-    OverlayStyle,
-    colours,
-    compare_summary,
-    concepts_html,
-    encode_png,
-    icicle_html,
-    level_predictions_html,
-    overlay,
-    panel_html,
-    view_colours,
-    view_overlay,
-)
-from .service import Explorer
-from .view import LEVEL_CHOICES, View, display_maps, key_level
-
-log = logging.getLogger("cast_explorer")
-
-try:  # ZeroGPU Spaces: run the model function on a lent GPU; inert elsewhere
-    import spaces  # type: ignore[import-not-found]
-
-    gpu = spaces.GPU
-except ImportError:  # pragma: no cover - the usual case
-
-    def gpu(fn: Any) -> Any:
-        return fn
-
-
-TIMINGS = os.environ.get("CAST_APP_TIMINGS", "") not in ("", "0")  # log each callback's server time
-
-
-def timed(fn: Any) -> Any:
-    """Log ``timing <callback> <ms>`` when ``CAST_APP_TIMINGS=1`` (read by benchmarks/app_latency.py)."""
-    if not TIMINGS:
-        return fn
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            log.info("timing %s %.2f", fn.__name__, (time.perf_counter() - t0) * 1000)
-
-    return wrapper
-
+__all__ = ["build", "CSS", "photo_input"]
 
 CLICK_JS = """
 element.addEventListener('click', (e) => {
@@ -139,274 +92,154 @@ def photo_input(**kwargs: Any) -> gr.Image:
     return component
 
 
-def _error(e: Exception) -> gr.Error:
-    if isinstance(e, ImageReadError):
-        return gr.Error(str(e), title="Not an image we can read")
-    if isinstance(e, CastLoadError):
-        return gr.Error(str(e), title="Model not available")
-    return gr.Error(str(e))
+@dataclass
+class Page:
+    """The components the events read and write."""
+
+    view: gr.State
+    active_model: gr.State
+    image: gr.Image
+    model: gr.Dropdown
+    button: gr.Button
+    overlay: gr.Image
+    level: gr.Radio
+    opacity: gr.Slider
+    bounds: gr.Checkbox
+    dim: gr.Checkbox
+    status: gr.Markdown
+    tree: gr.HTML
+    equal: gr.Checkbox
+    concepts: gr.HTML
+    panel: gr.HTML
+    level_preds: gr.HTML
+    dl_json: gr.DownloadButton
+    dl_labels: gr.DownloadButton
+    dl_overlay: gr.DownloadButton
+    json_out: gr.JSON
+    compare_button: gr.Button
+    compare_level: gr.Radio
+    cast_img: gr.Image
+    vit_img: gr.Image
+    compare_text: gr.Markdown
+
+    @property
+    def controls(self) -> list[Any]:
+        return [self.level, self.opacity, self.bounds, self.dim, self.equal]
+
+    @property
+    def segment_outputs(self) -> list[Any]:
+        return [self.view, self.overlay, self.tree, self.panel, self.level_preds, self.dl_json, self.dl_labels,
+                self.dl_overlay, self.json_out, self.status, self.concepts]
+
+    @property
+    def select_outputs(self) -> list[Any]:
+        return [self.view, self.level, self.overlay, self.tree, self.panel, self.dl_overlay, self.concepts]
+
+
+def _explore_tab(explorer: Explorer) -> dict[str, Any]:
+    cfg = explorer.cfg
+    c: dict[str, Any] = {}
+    with gr.Tab("Explore"):
+        with gr.Row():
+            with gr.Column(scale=2, min_width=280):
+                c["image"] = photo_input(label="Photo", sources=["upload", "clipboard", "webcam"], elem_id="input-image",
+                                         height=300)
+                c["model"] = gr.Dropdown([(m.label, m.name) for m in explorer.models.choices()], value=explorer.default,
+                                         label="Model", elem_id="model")
+                c["button"] = gr.Button("Segment", variant="primary", elem_id="segment-button")
+                gr.Examples([[str(p)] for p in example_files(cfg.examples_dir)], inputs=[c["image"]],
+                            label="Examples (photos and PartShapes)", examples_per_page=12, api_visibility="private")
+            with gr.Column(scale=3, min_width=360):
+                c["overlay"] = gr.Image(label="Segments (click one)", type="filepath", format="png", interactive=False,
+                                        elem_id="overlay", buttons=["fullscreen"])
+                with gr.Row():
+                    c["level"] = gr.Radio(LEVEL_CHOICES, value=2, label="Level (segments)", elem_id="level")
+                with gr.Row():
+                    c["opacity"] = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity", elem_id="opacity")
+                    c["bounds"] = gr.Checkbox(True, label="Boundaries", elem_id="boundaries")
+                    c["dim"] = gr.Checkbox(False, label="Dim the rest", elem_id="dim")
+        c["status"] = gr.Markdown("", elem_id="status")
+        with gr.Row():
+            with gr.Column(scale=3):
+                c["tree"] = gr.HTML(icicle_placeholder(), js_on_load=CLICK_JS, elem_id="tree", label="Tree")
+                c["equal"] = gr.Checkbox(False, label="Equal-width leaves", elem_id="equal-width")
+                gr.Markdown("### Concepts (semantic hierarchy)")
+                c["concepts"] = gr.HTML("", elem_id="concepts")
+            with gr.Column(scale=2):
+                c["panel"] = gr.HTML(panel_html(None, {}, True), js_on_load=CLICK_JS, elem_id="segment-panel")
+        gr.Markdown("### What the model sees at each level")
+        c["level_preds"] = gr.HTML("", elem_id="level-predictions")
+        with gr.Row():
+            c["dl_json"] = gr.DownloadButton("hierarchy.json", value=None, elem_id="download-json")
+            c["dl_labels"] = gr.DownloadButton("label maps (zip)", value=None, elem_id="download-labels")
+            c["dl_overlay"] = gr.DownloadButton("overlay.png", value=None, elem_id="download-overlay")
+        with gr.Accordion("Hierarchy JSON", open=False):
+            c["json_out"] = gr.JSON(elem_id="hierarchy-json")
+    return c
+
+
+def _compare_tab() -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Tab("Compare", elem_id="compare-tab"):
+        gr.Markdown("The same photo parsed by CAST and by a ViT whose patch tokens are grouped by hierarchical "
+                    "k-means (the paper's comparison). Click either image to outline the segment under the click "
+                    "in both.")
+        with gr.Row():
+            c["compare_button"] = gr.Button("Compare with ViT + k-means", elem_id="compare-button")
+            c["compare_level"] = gr.Radio(LEVEL_CHOICES[1:5], value=2, label="Level", elem_id="compare-level")
+        with gr.Row():
+            c["cast_img"] = gr.Image(label="CAST", format="png", interactive=False, elem_id="compare-cast")
+            c["vit_img"] = gr.Image(label="ViT + k-means", format="png", interactive=False, elem_id="compare-vit")
+        c["compare_text"] = gr.Markdown(compare_summary(None), elem_id="compare-summary")
+    return c
+
+
+def _wire_explore(page: Page, cb: Callbacks, workers: int) -> None:
+    seg_kw: dict[str, Any] = dict(concurrency_limit=workers, concurrency_id="segment")
+    quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
+    page.button.click(cb.segment, [page.image, page.model, *page.controls], page.segment_outputs, api_name="segment",
+                      api_visibility="public", **seg_kw)
+    page.image.change(cb.resegment, [page.image, page.model, *page.controls], page.segment_outputs,
+                      api_visibility="private", **seg_kw)
+    page.overlay.select(cb.on_overlay_click, [page.view, *page.controls], page.select_outputs, trigger_mode="always_last",
+                        **quiet).then(cb.recognise, [page.view], [page.panel, page.dl_json], **quiet, **seg_kw)
+    for source in (page.tree, page.panel):
+        source.select(cb.on_tree_click, [page.view, page.opacity, page.bounds, page.dim, page.equal], page.select_outputs,
+                      trigger_mode="always_last", **quiet).then(
+            cb.recognise, [page.view], [page.panel, page.dl_json], **quiet, **seg_kw)
+    restyled = [page.overlay, page.tree, page.dl_overlay]
+    for control in (page.level, page.bounds, page.dim, page.equal):
+        control.input(cb.restyle, [page.view, *page.controls], restyled, trigger_mode="always_last", **quiet)
+    page.opacity.release(cb.restyle, [page.view, *page.controls], restyled, trigger_mode="always_last", **quiet)
+    page.model.select(cb.change_model, [page.model, page.active_model], [page.model, page.status, page.active_model],
+                      api_visibility="private", concurrency_limit=1, concurrency_id="load").success(
+        cb.resegment, [page.image, page.model, *page.controls], page.segment_outputs, api_visibility="private", **seg_kw)
+
+
+def _wire_compare(page: Page, cb: Callbacks, workers: int) -> None:
+    pictures = [page.cast_img, page.vit_img, page.compare_text]
+    page.compare_button.click(cb.compare, [page.view, page.compare_level], [page.view, *pictures],
+                              api_visibility="private", concurrency_limit=workers, concurrency_id="segment")
+    for img in (page.cast_img, page.vit_img):
+        img.select(cb.on_compare_click, [page.view, page.compare_level], pictures, api_visibility="private",
+                   show_progress="hidden")
+    page.compare_level.input(cb.on_compare_level, [page.view, page.compare_level], pictures, api_visibility="private",
+                             show_progress="hidden")
 
 
 def build(explorer: Explorer) -> gr.Blocks:
-    cfg = explorer.cfg
-    choices = [(c.label, c.name) for c in explorer.models.choices()]
-    examples = sorted(p for p in Path(cfg.examples_dir).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    session_dir = explorer.root / "sessions"
-    session_dir.mkdir(exist_ok=True)
-
-    # -- glue helpers ----------------------------------------------------------------------
-    def draw(view: View, level: int, opacity: float, bounds: bool, dim: bool, equal: bool) -> tuple[str, str]:
-        """The overlay (written as this session's ``overlay.png``) and the tree."""
-        image = view_overlay(view, OverlayStyle(int(level), float(opacity), bool(bounds), bool(dim)))
-        folder = session_dir / view.session
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "overlay.png"
-        path.write_bytes(encode_png(image))
-        return str(path), icicle_html(view.tree, view.selected, bool(equal), view_colours(view))
-
-    def panels(view: View, pending: bool = False) -> tuple[str, str]:
-        """The selected-segment panel and the concepts panel."""
-        info = view.info(view.selected) if view.selected else None
-        panel = panel_html(info, view_colours(view), view.tree.level_predictions is not None, pending)
-        return panel, concepts_html(view.tree, view.result.concept_thumbnails, info)
-
-    def status_text(view: View) -> str:
-        tree = view.tree
-        t = tree.timings
-        w, h = tree.size
-        notes = "".join(f" · {n}" for n in tree.image_notes)
-        return (f"**{explorer.models.label(view.result.model)}** · {w}×{h} px · {tree.superpixel_to_level1.shape[0]} "
-                f"superpixels → {' → '.join(str(n) for n in tree.num_segments)} segments · "
-                f"{t.get('total', 0) * 1000:.0f} ms (superpixels {t.get('superpixels', 0) * 1000:.0f}, "
-                f"forward {t.get('forward', 0) * 1000:.0f}){notes}")
-
-    def needs_recognition(view: View | None) -> bool:
-        return bool(view and view.selected and view.selected.startswith("L") and view.tree.level_predictions is not None
-                    and view.selected not in view.tree.segment_predictions)
-
-    # -- callbacks ---------------------------------------------------------------------------
-    @gpu
-    @timed
-    def segment(image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
-        """Segment a photo into CAST's part-to-whole tree.
-
-        Returns the overlay, the tree, the panels, the download files and the hierarchy as JSON
-        (schema "cast-hierarchy", see cast.Hierarchy.to_dict).
-        """
-        if image is None:
-            raise gr.Error("Upload a photo first (or pick an example).", title="No image")
-        try:
-            result = explorer.segment(image, model)
-        except CastError as e:
-            raise _error(e) from None
-        for note in result.tree.image_notes:
-            gr.Warning(f"{result.tree.image_name}: {note}", title="Image converted")
-        view = View.of(result)
-        overlay_path, tree_html = draw(view, level, opacity, bounds, dim, equal)
-        panel, concepts = panels(view)
-        return (view, overlay_path, tree_html, panel, level_predictions_html(result.tree), str(result.json_path),
-                str(result.labels_path), overlay_path, result.tree.to_dict(), status_text(view), concepts)
-
-    def resegment(image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
-        if image is None:
-            return (gr.skip(),) * len(seg_outputs)
-        return segment(image, model, level, opacity, bounds, dim, equal)
-
-    def select(view: View | None, key: str, level: int | None, opacity: float, bounds: bool, dim: bool, equal: bool):
-        if view is None:
-            raise gr.Error("The session has expired or no image is segmented yet: segment a photo first.", title="No image")
-        view.selected = key
-        lv = key_level(key) if level is None else level
-        path, tree_html = draw(view, lv, opacity, bounds, dim, equal)
-        panel, concepts = panels(view, pending=needs_recognition(view))
-        return view, lv, path, tree_html, panel, path, concepts
-
-    @timed
-    def on_overlay_click(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
-                         evt: gr.SelectData):
-        if view is None:
-            raise gr.Error("Segment a photo first.", title="No image")
-        x, y = evt.index
-        return select(view, view.key_at(x, y, int(level)), int(level), opacity, bounds, dim, equal)
-
-    @timed
-    def on_tree_click(view: View | None, opacity: float, bounds: bool, dim: bool, equal: bool, evt: gr.SelectData):
-        key = str(evt.index)
-        if view is None:
-            raise gr.Error("Segment a photo first.", title="No image")
-        try:
-            view.info(key)
-        except (KeyError, ValueError, IndexError):
-            raise gr.Error(f"no segment {key!r} in this tree") from None
-        return select(view, key, None, opacity, bounds, dim, equal)
-
-    @gpu
-    @timed
-    def recognise(view: View | None):
-        if not needs_recognition(view):
-            return gr.skip(), gr.skip()
-        assert view is not None and view.selected is not None
-        try:
-            explorer.recognise(view.result, view.selected)
-        except CastError as e:
-            raise _error(e) from None
-        return panels(view)[0], str(view.result.json_path)
-
-    @timed
-    def restyle(view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
-        if view is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        path, tree_html = draw(view, level, opacity, bounds, dim, equal)
-        return path, tree_html, path
-
-    def change_model(model: str, previous: str):
-        if model == previous:
-            return gr.skip(), gr.skip(), previous
-        try:
-            explorer.models.predictor(model)
-        except CastError as e:
-            reason = str(e).split(". ")[0]
-            gr.Warning(f"{model} could not be loaded, still using {previous}: {reason}.", title="Model not available")
-            return previous, gr.skip(), previous
-        gr.Info(f"Model: {explorer.models.label(model)}")
-        return model, gr.skip(), model
-
-    @gpu
-    def compare(view: View | None, level: int):
-        if view is None:
-            raise gr.Error("Segment a photo first, then compare.", title="No image")
-        try:
-            tree = explorer.compare(view.result)
-        except CastError as e:
-            raise _error(e) from None
-        w, h = view.size
-        view.baseline_maps = display_maps(tree, (w, h))
-        view.compare_point = None
-        return (view,) + draw_compare(view, level)
-
-    def draw_compare(view: View, level: int) -> tuple[np.ndarray, np.ndarray, str]:
-        level = min(max(int(level), 1), 4)
-        style = OverlayStyle(level, 0.55, True, False)
-        cast_mask = vit_mask = None
-        summary = compare_summary(None, None, None)
-        if view.compare_point is not None and view.baseline_maps is not None:
-            x, y = view.compare_point
-            cast_id = int(view.maps[level][y, x])
-            vit_id = int(view.baseline_maps[level][y, x])
-            cast_mask = view.maps[level] == cast_id
-            vit_mask = view.baseline_maps[level] == vit_id
-            union = np.count_nonzero(cast_mask | vit_mask)
-            iou = np.count_nonzero(cast_mask & vit_mask) / max(union, 1)
-            n = cast_mask.size
-            summary = compare_summary((f"L{level}-{cast_id}", cast_mask.sum() / n), (f"L{level}-{vit_id}", vit_mask.sum() / n), iou)
-        assert view.result.baseline is not None and view.baseline_maps is not None
-        if "baseline_colours" not in view.cache:
-            view.cache["baseline_colours"] = colours(view.result.baseline)
-        cast_img = overlay(view.result.photo, view.maps, view_colours(view), style, cast_mask)
-        vit_img = overlay(view.result.photo, view.baseline_maps, view.cache["baseline_colours"], style, vit_mask)
-        return cast_img, vit_img, summary
-
-    def on_compare_click(view: View | None, level: int, evt: gr.SelectData):
-        if view is None or view.baseline_maps is None:
-            raise gr.Error("Run the comparison first.", title="Nothing to compare")
-        w, h = view.size
-        x, y = evt.index
-        view.compare_point = (min(max(int(x), 0), w - 1), min(max(int(y), 0), h - 1))
-        return draw_compare(view, level)
-
-    def on_compare_level(view: View | None, level: int):
-        if view is None or view.baseline_maps is None:
-            return gr.skip(), gr.skip(), gr.skip()
-        return draw_compare(view, level)
-
-    # -- layout ------------------------------------------------------------------------------
+    """The page: layout, then the wiring of every event to :class:`~app.callbacks.Callbacks`."""
+    cb = Callbacks(explorer)
     with gr.Blocks(title="CAST Explorer", delete_cache=(900, 3600)) as demo:
-        view_state = gr.State(None, time_to_live=cfg.session_ttl)
+        view = gr.State(None, time_to_live=explorer.cfg.session_ttl)
         active_model = gr.State(explorer.default)
         gr.Markdown(INTRO)
         gr.Markdown(explorer.notice or "", elem_id="notice", visible=bool(explorer.notice))
-        with gr.Tab("Explore"):
-            with gr.Row():
-                with gr.Column(scale=2, min_width=280):
-                    image = photo_input(label="Photo", sources=["upload", "clipboard", "webcam"], elem_id="input-image",
-                                        height=300)
-                    model = gr.Dropdown(choices, value=explorer.default, label="Model", elem_id="model")
-                    button = gr.Button("Segment", variant="primary", elem_id="segment-button")
-                    gr.Examples([[str(p)] for p in examples], inputs=[image], label="Examples (photos and PartShapes)",
-                                examples_per_page=12, api_visibility="private")
-                with gr.Column(scale=3, min_width=360):
-                    overlay_img = gr.Image(label="Segments (click one)", type="filepath", format="png", interactive=False,
-                                           elem_id="overlay", buttons=["fullscreen"])
-                    with gr.Row():
-                        level = gr.Radio(LEVEL_CHOICES, value=2, label="Level (segments)", elem_id="level")
-                    with gr.Row():
-                        opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Opacity", elem_id="opacity")
-                        bounds = gr.Checkbox(True, label="Boundaries", elem_id="boundaries")
-                        dim = gr.Checkbox(False, label="Dim the rest", elem_id="dim")
-            status = gr.Markdown("", elem_id="status")
-            with gr.Row():
-                with gr.Column(scale=3):
-                    tree = gr.HTML(icicle_placeholder(), js_on_load=CLICK_JS, elem_id="tree", label="Tree")
-                    equal = gr.Checkbox(False, label="Equal-width leaves", elem_id="equal-width")
-                    gr.Markdown("### Concepts (semantic hierarchy)")
-                    concepts_panel = gr.HTML("", elem_id="concepts")
-                with gr.Column(scale=2):
-                    panel = gr.HTML(panel_html(None, {}, True), js_on_load=CLICK_JS, elem_id="segment-panel")
-            gr.Markdown("### What the model sees at each level")
-            level_preds = gr.HTML("", elem_id="level-predictions")
-            with gr.Row():
-                dl_json = gr.DownloadButton("hierarchy.json", value=None, elem_id="download-json")
-                dl_labels = gr.DownloadButton("label maps (zip)", value=None, elem_id="download-labels")
-                dl_overlay = gr.DownloadButton("overlay.png", value=None, elem_id="download-overlay")
-            with gr.Accordion("Hierarchy JSON", open=False):
-                json_out = gr.JSON(elem_id="hierarchy-json")
-        with gr.Tab("Compare", elem_id="compare-tab"):
-            gr.Markdown("The same photo parsed by CAST and by a ViT whose patch tokens are grouped by hierarchical "
-                        "k-means (the paper's comparison). Click either image to outline the segment under the click "
-                        "in both.")
-            with gr.Row():
-                compare_button = gr.Button("Compare with ViT + k-means", elem_id="compare-button")
-                compare_level = gr.Radio(LEVEL_CHOICES[1:5], value=2, label="Level", elem_id="compare-level")
-            with gr.Row():
-                cast_img = gr.Image(label="CAST", format="png", interactive=False, elem_id="compare-cast")
-                vit_img = gr.Image(label="ViT + k-means", format="png", interactive=False, elem_id="compare-vit")
-            compare_text = gr.Markdown(compare_summary(None, None, None), elem_id="compare-summary")
-
-        # -- events -------------------------------------------------------------------------
-        controls = [level, opacity, bounds, dim, equal]
-        seg_outputs = [view_state, overlay_img, tree, panel, level_preds, dl_json, dl_labels, dl_overlay, json_out, status,
-                       concepts_panel]
-        sel_outputs = [view_state, level, overlay_img, tree, panel, dl_overlay, concepts_panel]
-        seg_kw: dict[str, Any] = dict(concurrency_limit=cfg.workers, concurrency_id="segment")
-        button.click(segment, [image, model, *controls], seg_outputs, api_name="segment", api_visibility="public", **seg_kw)
-        image.change(resegment, [image, model, *controls], seg_outputs, api_visibility="private", **seg_kw)
-        overlay_img.select(on_overlay_click, [view_state, *controls], sel_outputs, api_visibility="private",
-                           trigger_mode="always_last", show_progress="hidden").then(
-            recognise, [view_state], [panel, dl_json], api_visibility="private", show_progress="hidden", **seg_kw)
-        for source in (tree, panel):
-            source.select(on_tree_click, [view_state, opacity, bounds, dim, equal], sel_outputs, api_visibility="private",
-                          trigger_mode="always_last", show_progress="hidden").then(
-                recognise, [view_state], [panel, dl_json], api_visibility="private", show_progress="hidden", **seg_kw)
-        for control in (level, bounds, dim, equal):
-            control.input(restyle, [view_state, *controls], [overlay_img, tree, dl_overlay], api_visibility="private",
-                          show_progress="hidden", trigger_mode="always_last")
-        opacity.release(restyle, [view_state, *controls], [overlay_img, tree, dl_overlay], api_visibility="private",
-                        show_progress="hidden", trigger_mode="always_last")
-        model.select(change_model, [model, active_model], [model, status, active_model], api_visibility="private",
-                    concurrency_limit=1, concurrency_id="load").success(
-            resegment, [image, model, *controls], seg_outputs, api_visibility="private", **seg_kw)
-        compare_button.click(compare, [view_state, compare_level], [view_state, cast_img, vit_img, compare_text],
-                             api_visibility="private", **seg_kw)
-        for img in (cast_img, vit_img):
-            img.select(on_compare_click, [view_state, compare_level], [cast_img, vit_img, compare_text],
-                       api_visibility="private", show_progress="hidden")
-        compare_level.input(on_compare_level, [view_state, compare_level], [cast_img, vit_img, compare_text],
-                            api_visibility="private", show_progress="hidden")
+        page = Page(view=view, active_model=active_model, **_explore_tab(explorer), **_compare_tab())
+        _wire_explore(page, cb, explorer.cfg.workers)
+        _wire_compare(page, cb, explorer.cfg.workers)
     return demo
 
 
 def icicle_placeholder() -> str:
     return '<div class="cast-tree"><div class="breadcrumb">The tree appears here after segmenting a photo.</div></div>'
-
-
-__all__ = ["build", "CSS", "photo_input"]

@@ -1,26 +1,28 @@
 """One session's view of a segmented image: display-size label maps, pixel -> segment lookup, the
-selected segment and what the panel says about it. Pure numpy, no Gradio.
+selected segment, what the panel says about it, and the CAST-vs-ViT comparison under a click.
+Pure numpy, no Gradio.
 
-Selection keys: ``"root"`` (the whole image), ``"L4-2"`` (segment 2 of level 4, as in
-:mod:`cast.hierarchy`) and ``"S-17"`` (superpixel 17).
+Selections are :class:`cast.SegmentKey` values: the whole image (``ROOT``), a segment of the tree
+(levels 1-4) or a superpixel; display levels are :class:`cast.Level` values.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from cast.hierarchy import Hierarchy, node_key, parse_node_key
+from cast.hierarchy import Hierarchy
+from cast.keys import ROOT, Level, SegmentKey
 
 from .service import Result
 
-ROOT = "root"
-WHOLE, SUPERPIXELS = 5, 0  # display levels beside the tree's 1..4
+__all__ = ["View", "SegmentInfo", "CompareSelection", "DrawCache", "LEVEL_CHOICES", "display_maps", "nearest_resize",
+           "ROOT", "Level"]
+
 LEVEL_CHOICES: list[tuple[str, int]] = [
-    ("whole image", WHOLE), ("8", 4), ("16", 3), ("32", 2), ("64", 1), ("superpixels", SUPERPIXELS),
+    ("whole image", int(Level.WHOLE)), ("8", 4), ("16", 3), ("32", 2), ("64", 1), ("superpixels", int(Level.SUPERPIXEL)),
 ]  # labels are the published models' segment counts per level
 
 
@@ -32,59 +34,66 @@ def nearest_resize(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[rows[:, None], cols[None, :]]
 
 
-def display_maps(tree: Hierarchy, size: tuple[int, int]) -> dict[int, np.ndarray]:
-    """Label maps at display size ``(w, h)``: levels 1..4, ``SUPERPIXELS`` (0) and ``WHOLE`` (5, all zero)."""
-    maps = {lv: nearest_resize(m, size).astype(np.int32) for lv, m in enumerate(tree.label_maps, start=1)}
-    maps[SUPERPIXELS] = nearest_resize(tree.superpixels, size).astype(np.int32)
-    maps[WHOLE] = np.zeros((size[1], size[0]), np.int32)
+def display_maps(tree: Hierarchy, size: tuple[int, int]) -> dict[Level, np.ndarray]:
+    """Label maps at display size ``(w, h)`` for every display level (the whole image: all zero)."""
+    maps = {Level(lv): nearest_resize(m, size).astype(np.int32) for lv, m in enumerate(tree.label_maps, start=1)}
+    maps[Level.SUPERPIXEL] = nearest_resize(tree.superpixels, size).astype(np.int32)
+    maps[Level.WHOLE] = np.zeros((size[1], size[0]), np.int32)
     return maps
-
-
-def key_level(key: str) -> int:
-    if key == ROOT:
-        return WHOLE
-    if key.startswith("S-"):
-        return SUPERPIXELS
-    return parse_node_key(key)[0]
-
-
-def key_for(level: int, segment: int) -> str:
-    if level == WHOLE:
-        return ROOT
-    if level == SUPERPIXELS:
-        return f"S-{segment}"
-    return node_key(level, segment)
-
-
-def path_keys(tree: Hierarchy, key: str) -> list[str]:
-    """Keys from the root down to ``key`` (a superpixel's path goes through its level-1 segment)."""
-    if key == ROOT:
-        return [ROOT]
-    tail: list[str] = []
-    if key.startswith("S-"):
-        sp = int(key[2:])
-        tail = [key]
-        key = node_key(1, int(tree.superpixel_to_level1[sp]))
-    level, node_id = parse_node_key(key)
-    nodes = tree.path_to_root(level, node_id)
-    return [ROOT] + [n.key for n in reversed(nodes)] + tail
 
 
 @dataclass
 class SegmentInfo:
     """What the segment panel shows."""
 
-    key: str
-    level: int  # 0 superpixel, 1..4 tree levels, 5 whole image
-    id: int
+    key: SegmentKey
     area_fraction: float
-    parent: str | None
-    children: list[str]
-    path: list[str]
+    parent: SegmentKey | None
+    children: list[SegmentKey]
+    path: list[SegmentKey]
     token_predictions: list[tuple[str, float]] | None  # the segment's own token through the head
     masked_predictions: list[tuple[str, float]] | None  # the segment alone (masked image), on demand
     bbox: tuple[int, int, int, int] | None = None
     concepts: list[int] | None = None  # nearest semantic prototype per concept level (HIRL models)
+
+    @property
+    def level(self) -> Level:
+        return self.key.level
+
+    @property
+    def id(self) -> int:
+        return self.key.id
+
+
+@dataclass
+class CompareSelection:
+    """The segment under one pixel in CAST's tree and in the ViT baseline's, and their overlap."""
+
+    level: Level
+    cast_key: SegmentKey
+    vit_key: SegmentKey
+    cast_mask: np.ndarray  # [h, w] bool at display size
+    vit_mask: np.ndarray
+    iou: float
+
+    @property
+    def cast_share(self) -> float:
+        return float(self.cast_mask.mean())
+
+    @property
+    def vit_share(self) -> float:
+        return float(self.vit_mask.mean())
+
+
+@dataclass
+class DrawCache:
+    """A session's drawing caches (a few MB): segment colours and the unselected overlay layer."""
+
+    colours: dict[Level, np.ndarray] | None = None
+    baseline_colours: dict[Level, np.ndarray] | None = None
+    base_style: tuple | None = None  # the style the layers below were drawn with
+    base: np.ndarray | None = None  # [h, w, 3] overlay without the selection
+    dimmed: np.ndarray | None = None  # the same, darkened
 
 
 @dataclass
@@ -92,12 +101,12 @@ class View:
     """A session's state: the shared result plus this person's display maps and selection."""
 
     result: Result
-    maps: dict[int, np.ndarray]
-    selected: str | None = None
-    baseline_maps: dict[int, np.ndarray] | None = None
+    maps: dict[Level, np.ndarray]
+    selected: SegmentKey | None = None
+    baseline_maps: dict[Level, np.ndarray] | None = None
     compare_point: tuple[int, int] | None = None  # last clicked pixel in the compare view
     session: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this session's overlay file
-    cache: dict[str, Any] = field(default_factory=dict)  # drawing caches (colours, unselected overlay layers)
+    cache: DrawCache = field(default_factory=DrawCache)
 
     @classmethod
     def of(cls, result: Result) -> View:
@@ -114,41 +123,67 @@ class View:
         h, w = self.result.photo.shape[:2]
         return w, h
 
-    def key_at(self, x: float, y: float, level: int) -> str:
-        """Selection key of the segment under display pixel ``(x, y)`` at display level ``level``
-        (coordinates outside the image are clamped to its border)."""
+    def clamp(self, x: float, y: float) -> tuple[int, int]:
+        """Display pixel ``(x, y)`` moved inside the image."""
         w, h = self.size
-        xi = min(max(int(x), 0), w - 1)
-        yi = min(max(int(y), 0), h - 1)
-        return key_for(level, int(self.maps[level][yi, xi]))
+        return min(max(int(x), 0), w - 1), min(max(int(y), 0), h - 1)
 
-    def mask(self, key: str) -> np.ndarray:
+    def key_at(self, x: float, y: float, level: int) -> SegmentKey:
+        """The segment under display pixel ``(x, y)`` at display level ``level`` (coordinates
+        outside the image are clamped to its border)."""
+        xi, yi = self.clamp(x, y)
+        level = Level(int(level))
+        return SegmentKey(level, int(self.maps[level][yi, xi]))
+
+    def mask(self, key: SegmentKey) -> np.ndarray:
         """``[h, w]`` bool mask of a selection at display size."""
-        level = key_level(key)
-        if level == WHOLE:
-            return np.ones(self.maps[WHOLE].shape, bool)
-        segment = int(key[2:]) if level == SUPERPIXELS else parse_node_key(key)[1]
-        return self.maps[level] == segment
+        if key.is_root:
+            return np.ones(self.maps[Level.WHOLE].shape, bool)
+        return self.maps[key.level] == key.id
 
-    def info(self, key: str) -> SegmentInfo:
+    def info(self, key: SegmentKey) -> SegmentInfo:
+        """The panel's facts about a selection.
+
+        Raises:
+            KeyError: the key names nothing in this tree.
+        """
         tree = self.tree
-        if key == ROOT:
-            tops = [n.key for n in tree.nodes_at(4)]
+        if not tree.has(key):
+            raise KeyError(f"no segment {key} in this tree")
+        if key.is_root:
             preds = tree.level_predictions[3] if tree.level_predictions else None
-            return SegmentInfo(ROOT, WHOLE, 0, 1.0, None, tops, [ROOT], preds, None)
-        if key.startswith("S-"):
-            sp = int(key[2:])
-            if not 0 <= sp < len(tree.superpixel_to_level1):
-                raise KeyError(f"no superpixel {sp}")
-            area = float(np.count_nonzero(tree.superpixels == sp)) / tree.superpixels.size
-            parent = node_key(1, int(tree.superpixel_to_level1[sp]))
-            return SegmentInfo(key, SUPERPIXELS, sp, area, parent, [], path_keys(tree, key), None, None)
-        level, node_id = parse_node_key(key)
-        node = tree.node(level, node_id)
+            return SegmentInfo(ROOT, 1.0, None, [n.key for n in tree.nodes_at(4)], [ROOT], preds, None)
+        if key.is_superpixel:
+            area = float(np.count_nonzero(tree.superpixels == key.id)) / tree.superpixels.size
+            parent = SegmentKey(Level.L1, int(tree.superpixel_to_level1[key.id]))
+            return SegmentInfo(key, area, parent, [], tree.path_keys(key), None, None)
+        node = tree.node(key)
         w, h = tree.size
-        parent = ROOT if node.parent is None else node_key(level + 1, node.parent)
-        children = [node_key(level - 1, c) for c in node.children]
+        children = [SegmentKey(Level(node.level - 1), c) for c in node.children]
         return SegmentInfo(
-            key, level, node_id, node.area / (w * h), parent, children, path_keys(tree, key),
+            key, node.area / (w * h), node.parent_key, children, tree.path_keys(key),
             node.predictions, tree.segment_predictions.get(key), node.bbox, node.concepts,
         )
+
+    def needs_recognition(self) -> bool:
+        """Whether the selected segment's masked-image recognition is still to be computed."""
+        key = self.selected
+        return bool(key is not None and key.is_node and self.tree.level_predictions is not None
+                    and key not in self.tree.segment_predictions)
+
+    # -- compare -------------------------------------------------------------------------
+    def set_baseline(self, baseline: Hierarchy) -> None:
+        """Show the ViT baseline's tree of the same photo beside CAST's."""
+        self.baseline_maps = display_maps(baseline, self.size)
+        self.compare_point = None
+
+    def compare_at(self, level: int) -> CompareSelection | None:
+        """The segments under the last compare click, at tree level ``level`` (clamped to 1..4)."""
+        if self.compare_point is None or self.baseline_maps is None:
+            return None
+        lv = Level(min(max(int(level), 1), 4))
+        x, y = self.compare_point
+        cast_id, vit_id = int(self.maps[lv][y, x]), int(self.baseline_maps[lv][y, x])
+        cast_mask, vit_mask = self.maps[lv] == cast_id, self.baseline_maps[lv] == vit_id
+        iou = np.count_nonzero(cast_mask & vit_mask) / max(np.count_nonzero(cast_mask | vit_mask), 1)
+        return CompareSelection(lv, SegmentKey(lv, cast_id), SegmentKey(lv, vit_id), cast_mask, vit_mask, float(iou))

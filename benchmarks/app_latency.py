@@ -51,7 +51,7 @@ def make_model(folder: Path) -> Path:
     """cast_small, DeiT layout, 1000 ImageNet classes, random weights, in our format."""
     import torch
 
-    from cast.hub import build_model, save_own_format
+    from cast.loading import build_model, save_own_format
     from cast.weights import PUBLISHED
 
     torch.manual_seed(0)

@@ -44,7 +44,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from . import CastError, Predictor
+    from . import CastError, load_segmenter
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -55,7 +55,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print("error: no images found", file=sys.stderr)
         return 1
     try:
-        predictor = Predictor(args.model, device=args.device)
+        predictor = load_segmenter(args.model, device=args.device)
     except CastError as e:
         print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2

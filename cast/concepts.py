@@ -31,13 +31,28 @@ import torch.nn.functional as F
 
 from .errors import CheckpointFormatError, CheckpointMismatchError
 
-__all__ = ["ConceptHead", "ConceptHierarchy", "ConceptStep", "load_concepts", "save_concepts", "hub_concepts_folder",
+__all__ = ["ConceptHead", "ConceptHierarchy", "ConceptStep", "load_concepts", "save_concepts",
            "CONCEPTS_CONFIG", "CONCEPTS_WEIGHTS", "THUMBNAILS_DIR"]
 
 CONCEPTS_CONFIG = "concepts.json"
 CONCEPTS_WEIGHTS = "concepts.safetensors"
 THUMBNAILS_DIR = "concepts"
 FORMAT = "cast-explorer-concepts"
+
+
+def concept_key(level: int, prototype: int) -> str:
+    """Text name of a prototype in ``concepts.json`` and thumbnail file names: ``"L2-7"``. (Concept
+    levels are HIRL's, as many as trained; they are not the segment tree's levels.)"""
+    return f"L{int(level)}-{int(prototype)}"
+
+
+def parse_concept_key(text: str) -> tuple[int, int]:
+    """``"L2-7"`` -> ``(2, 7)``."""
+    try:
+        level, prototype = text.removeprefix("L").split("-")
+        return int(level), int(prototype)
+    except ValueError:
+        raise CheckpointFormatError(f"bad concept key {text!r} in {CONCEPTS_CONFIG}; expected like 'L2-7'") from None
 
 
 class ConceptHead(nn.Module):
@@ -140,7 +155,8 @@ class ConceptHierarchy(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": 1, "dim": self.dim, "num_prototypes": self.num_prototypes,
                 "hidden": self.hidden, "temperature": self.temperature,
-                "thumbnails": {f"L{lv}-{k}": [os.path.basename(f) for f in files] for (lv, k), files in self.thumbnails.items()}}
+                "thumbnails": {concept_key(lv, k): [os.path.basename(f) for f in files]
+                               for (lv, k), files in self.thumbnails.items()}}
 
 
 def save_concepts(concepts: ConceptHierarchy, directory: str | os.PathLike[str],
@@ -156,27 +172,13 @@ def save_concepts(concepts: ConceptHierarchy, directory: str | os.PathLike[str],
         for (lv, k), images in thumbnails.items():
             files = []
             for i, data in enumerate(images):
-                f = directory / THUMBNAILS_DIR / f"L{lv}-{k}_{i}.jpg"
+                f = directory / THUMBNAILS_DIR / f"{concept_key(lv, k)}_{i}.jpg"
                 f.write_bytes(data)
                 files.append(str(f))
             concepts.thumbnails[(lv, k)] = files
     save_file({k: v.detach().cpu().contiguous() for k, v in concepts.state_dict().items()}, str(directory / CONCEPTS_WEIGHTS))
     (directory / CONCEPTS_CONFIG).write_text(json.dumps(concepts.config(), indent=1) + "\n")
     return directory
-
-
-def hub_concepts_folder(repo_id: str, revision: str | None = None) -> Path | None:
-    """The local snapshot of a Hub repo's concept files (downloaded through huggingface_hub's cache,
-    ``HF_HUB_OFFLINE`` honoured); None when the repo has none or they cannot be fetched."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        folder = Path(snapshot_download(repo_id, revision=revision,
-                                        allow_patterns=[CONCEPTS_CONFIG, CONCEPTS_WEIGHTS, f"{THUMBNAILS_DIR}/*"]))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError):
-        return None
-    return folder if (folder / CONCEPTS_CONFIG).is_file() else None
 
 
 def load_concepts(directory: str | os.PathLike[str]) -> ConceptHierarchy | None:
@@ -207,9 +209,8 @@ def load_concepts(directory: str | os.PathLike[str]) -> ConceptHierarchy | None:
         concepts.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointMismatchError(f"{weights} does not fit {cfg_file}: {str(e).splitlines()[0]}") from None
-    for key, files in dict(cfg.get("thumbnails", {})).items():
-        lv, k = key.removeprefix("L").split("-")
+    for text, files in dict(cfg.get("thumbnails", {})).items():
         paths = [str(directory / THUMBNAILS_DIR / os.path.basename(f)) for f in files]
-        concepts.thumbnails[(int(lv), int(k))] = [p for p in paths if os.path.isfile(p)]
+        concepts.thumbnails[parse_concept_key(text)] = [p for p in paths if os.path.isfile(p)]
     concepts.source = str(directory)
     return concepts.eval()

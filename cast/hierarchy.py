@@ -1,4 +1,4 @@
-"""The part-to-whole tree that :class:`cast.Predictor` returns, and its JSON/PNG export.
+"""The part-to-whole tree every segmenter (:class:`cast.Segmenter`) returns, and its JSON/PNG export.
 
 Levels are numbered 1 (finest, up to 64 segments for the published models) to 4 (coarsest, up to 8).
 Segment ids are compact per level (``0..n_l-1``), ordered top-down: level-4 segments by decreasing
@@ -12,7 +12,7 @@ JSON schema (``schema == "cast-hierarchy"``, ``version == 1``)::
       "image": {"width": W, "height": H, "name": str, "notes": [conversions made when reading]},
       "model": {ModelInfo fields, class_names omitted},
       "levels": [{"level": 1, "num_segments": n_1, "num_clusters": K_1}, ... 4 entries],
-      "nodes": [{"key": "L1-0", "level": 1, "id": 0, "parent": 3 | null, "children": [ids one level finer],
+      "nodes": [{"key": "L1-0" (cast.keys.SegmentKey), "level": 1, "id": 0, "parent": 3 | null, "children": [ids one level finer],
                  "area": pixels, "area_fraction": float, "bbox": [x0, y0, x1, y1] (x1, y1 exclusive),
                  "mean_color": [r, g, b], "predictions": [[label, probability], ...] | null}, ...],
       "parents": [[level-2 id of each level-1 id], [level-3 ids], [level-4 ids]],
@@ -33,18 +33,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Node", "Hierarchy", "build_hierarchy", "SCHEMA_NAME", "SCHEMA_VERSION", "node_key", "parse_node_key", "boundaries"]
+from .keys import NUM_LEVELS, Level, SegmentKey
+
+__all__ = ["Node", "Hierarchy", "Readout", "build_hierarchy", "SCHEMA_NAME", "SCHEMA_VERSION", "boundaries", "Prediction"]
 
 SCHEMA_NAME = "cast-hierarchy"
 SCHEMA_VERSION = 1
-NUM_LEVELS = 4
 
 Prediction = tuple[str, float]
 
@@ -55,21 +56,6 @@ def boundaries(labels: np.ndarray) -> np.ndarray:
     edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
     edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
     return edge
-
-
-def node_key(level: int, node_id: int) -> str:
-    return f"L{level}-{node_id}"
-
-
-def parse_node_key(key: str | tuple[int, int]) -> tuple[int, int]:
-    """``"L2-5"`` or ``(2, 5)`` -> ``(2, 5)``."""
-    if isinstance(key, tuple):
-        return int(key[0]), int(key[1])
-    try:
-        level, node_id = key.upper().removeprefix("L").split("-")
-        return int(level), int(node_id)
-    except ValueError:
-        raise ValueError(f"bad node key {key!r}; expected like 'L2-5'") from None
 
 
 @dataclass
@@ -88,12 +74,17 @@ class Node:
     concepts: list[int] | None = None  # nearest semantic prototype per concept level (HIRL models only)
 
     @property
-    def key(self) -> str:
-        return node_key(self.level, self.id)
+    def key(self) -> SegmentKey:
+        return SegmentKey(Level(self.level), self.id)
+
+    @property
+    def parent_key(self) -> SegmentKey:
+        """The parent's key; the root for level 4."""
+        return SegmentKey(Level(self.level + 1), self.parent) if self.parent is not None else SegmentKey(Level.WHOLE)
 
     def to_dict(self, image_area: int) -> dict[str, Any]:
         return {
-            "key": self.key, "level": self.level, "id": self.id, "parent": self.parent,
+            "key": str(self.key), "level": self.level, "id": self.id, "parent": self.parent,
             "children": list(self.children), "area": self.area,
             "area_fraction": round(self.area / max(image_area, 1), 6), "bbox": list(self.bbox),
             "mean_color": list(self.mean_color),
@@ -102,13 +93,17 @@ class Node:
         }
 
 
+def _predictions_json(preds: Iterable[Prediction]) -> list[list[Any]]:
+    return [[lbl, round(p, 6)] for lbl, p in preds]
+
+
 @dataclass
 class Hierarchy:
     """Nested segmentation of one image (see the module docstring for conventions).
 
     Attributes:
-        label_maps: 4 arrays ``[H, W]`` uint8 (uint16 beyond 256 clusters) at the original (EXIF-corrected) resolution, level 1
-            finest; values are compact ids.
+        label_maps: 4 arrays ``[H, W]`` uint8 (uint16 beyond 256 clusters) at the original
+            (EXIF-corrected) resolution, level 1 finest; values are compact ids.
         parents: 3 int arrays; ``parents[l][i]`` is the level-(l+2) id containing level-(l+1)
             segment ``i`` (0-based list index), so ``parents[l][label_maps[l]] == label_maps[l+1]``.
         nodes: every segment of every level, level 1 first.
@@ -118,6 +113,7 @@ class Hierarchy:
         working_superpixels: ``[h, w]`` superpixel ids at the working resolution (model input).
         working_image: ``[h, w, 3]`` uint8, the image as the model saw it.
         superpixel_to_level1: level-1 id of each superpixel.
+        segment_predictions: masked-image recognition of segments, by key (filled on demand).
         timings: seconds per stage.
         model: the model's metadata (``ModelInfo.to_dict()``).
     """
@@ -136,7 +132,7 @@ class Hierarchy:
     image_name: str = ""
     image_notes: tuple[str, ...] = ()  # conversions made when reading the input (cast.image.ImageInput.notes)
     concepts: list[Any] | None = None  # the image's semantic path, cast.concepts.ConceptStep per level (HIRL models)
-    segment_predictions: dict[str, list[Prediction]] = field(default_factory=dict)  # filled on demand
+    segment_predictions: dict[SegmentKey, list[Prediction]] = field(default_factory=dict)
 
     # -- access ----------------------------------------------------------------------------
     @property
@@ -149,17 +145,34 @@ class Hierarchy:
     def num_segments(self) -> list[int]:
         return [int(len(p)) for p in self.parents] + [len(self.nodes_at(NUM_LEVELS))]
 
+    @property
+    def num_superpixels(self) -> int:
+        return int(self.superpixel_to_level1.shape[0])
+
     def nodes_at(self, level: int) -> list[Node]:
         return [n for n in self.nodes if n.level == level]
 
-    def node(self, level: int | str, node_id: int | None = None) -> Node:
-        """``node(2, 5)`` or ``node("L2-5")``."""
-        if isinstance(level, str):
-            level, node_id = parse_node_key(level)
+    def node(self, level: int | str | SegmentKey, node_id: int | None = None) -> Node:
+        """``node(2, 5)``, ``node("L2-5")`` or ``node(SegmentKey(2, 5))``.
+
+        Raises:
+            KeyError: no such segment in this tree.
+        """
+        key = SegmentKey.parse(level) if isinstance(level, (str, SegmentKey)) else SegmentKey(Level(level), node_id or 0)
+        if not key.is_node:
+            raise KeyError(f"{key} is not a segment of the tree (levels 1-{NUM_LEVELS})")
         for n in self.nodes:
-            if n.level == level and n.id == node_id:
+            if n.level == key.level and n.id == key.id:
                 return n
-        raise KeyError(f"no segment {node_key(level, node_id or 0)}")
+        raise KeyError(f"no segment {key}")
+
+    def has(self, key: SegmentKey) -> bool:
+        """Whether ``key`` names the root, a superpixel or a segment of this tree."""
+        if key.is_root:
+            return True
+        if key.is_superpixel:
+            return key.id < self.num_superpixels
+        return key.id < self.num_segments[int(key.level) - 1]
 
     def segment_at(self, x: int, y: int, level: int) -> int:
         """Id of the level-``level`` segment under original-resolution pixel ``(x, y)``."""
@@ -193,10 +206,20 @@ class Hierarchy:
             path.append(self.node(path[-1].level + 1, path[-1].parent))
         return path
 
+    def path_keys(self, key: SegmentKey) -> list[SegmentKey]:
+        """Keys from the root down to ``key`` (a superpixel's path goes through its level-1 segment)."""
+        if key.is_root:
+            return [key]
+        tail: list[SegmentKey] = []
+        if key.is_superpixel:
+            tail = [key]
+            key = SegmentKey(Level.L1, int(self.superpixel_to_level1[key.id]))
+        nodes = self.path_to_root(int(key.level), key.id)
+        return [SegmentKey(Level.WHOLE)] + [n.key for n in reversed(nodes)] + tail
+
     # -- export ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         w, h = self.size
-        area = w * h
         model = {k: v for k, v in self.model.items() if k != "class_names"}
         return {
             "schema": SCHEMA_NAME,
@@ -207,15 +230,15 @@ class Hierarchy:
                 {"level": lv, "num_segments": n, "num_clusters": int(k)}
                 for lv, (n, k) in enumerate(zip(self.num_segments, self.num_clusters), start=1)
             ],
-            "nodes": [n.to_dict(area) for n in self.nodes],
+            "nodes": [n.to_dict(w * h) for n in self.nodes],
             "parents": [p.astype(int).tolist() for p in self.parents],
             "level_predictions": None if self.level_predictions is None else [
-                [[lbl, round(p, 6)] for lbl, p in preds] for preds in self.level_predictions
+                _predictions_json(preds) for preds in self.level_predictions
             ],
-            "segment_predictions": {k: [[lbl, round(p, 6)] for lbl, p in v] for k, v in self.segment_predictions.items()},
+            "segment_predictions": {str(k): _predictions_json(v) for k, v in self.segment_predictions.items()},
             "concepts": None if self.concepts is None else [step.to_dict() for step in self.concepts],
             "superpixels": {
-                "count": int(self.superpixel_to_level1.shape[0]),
+                "count": self.num_superpixels,
                 "working_size": [int(self.working_superpixels.shape[1]), int(self.working_superpixels.shape[0])],
                 "to_level1": self.superpixel_to_level1.astype(int).tolist(),
             },
@@ -249,6 +272,31 @@ class Hierarchy:
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Readout:
+    """What a segmenter read from its model for one image, at the working resolution: the input of
+    :func:`build_hierarchy`. Per-centroid arrays are indexed by the raw centroid index of a level."""
+
+    superpixels: np.ndarray  # [h, w] int superpixel ids the model was given
+    token_labels: list[np.ndarray]  # 4 x [S]: centroid index of each superpixel's segment per level
+    num_clusters: tuple[int, ...]  # K per level
+    level_probs: list[np.ndarray] | None = None  # 4 x [num_classes] per-level class probabilities
+    segment_probs: list[np.ndarray] | None = None  # 4 x [K_l, num_classes]: each centroid's own token
+    segment_concepts: list[np.ndarray] | None = None  # 4 x [K_l, L]: each centroid's nearest concept per level
+    concepts: list[Any] | None = None  # the image's concept path (cast.concepts.ConceptStep per level)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of the model's own stages
+
+
+@dataclass
+class _Level:
+    """One level while the tree is built (raw centroid ids -> compact ids)."""
+
+    raw: np.ndarray  # [h, w] raw centroid id of every working pixel
+    lut: np.ndarray  # raw centroid -> compact id (-1 absent)
+    order: np.ndarray  # compact id -> raw centroid
+    raw_parent: np.ndarray  # raw centroid -> raw centroid one level up (-1 absent; empty at level 4)
+
+
 def _axis_map(orig: int, work: int) -> np.ndarray:
     """Working-resolution index of each original row (or column): nearest, ``floor(i * work / orig)``."""
     return (np.arange(orig, dtype=np.int64) * work) // orig
@@ -260,116 +308,116 @@ def _top_k(probs: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]:
     return [(names[i], float(probs[i])) for i in idx]
 
 
-def build_hierarchy(
-    working_superpixels: np.ndarray,
-    token_labels: Sequence[np.ndarray],
-    original_size: tuple[int, int],
-    working_image: np.ndarray,
-    num_clusters: Sequence[int],
-    *,
-    level_probs: Sequence[np.ndarray] | None = None,
-    segment_probs: Sequence[np.ndarray] | None = None,
-    class_names: Sequence[str] | None = None,
-    top_k: int = 5,
-) -> Hierarchy:
-    """Assemble a :class:`Hierarchy` from one image's model outputs.
-
-    Args:
-        working_superpixels: ``[h, w]`` int superpixel ids the model was given.
-        token_labels: 4 arrays ``[S]``: centroid index of each superpixel's segment per level
-            (``CastOutput.token_labels`` for one image).
-        original_size: (width, height) to carry the label maps to.
-        working_image: ``[h, w, 3]`` uint8 image the model saw (for mean colours).
-        num_clusters: K per level.
-        level_probs: 4 arrays ``[num_classes]`` of per-level class probabilities.
-        segment_probs: 4 arrays ``[K_l, num_classes]``: probabilities of each centroid's token.
-        class_names: names of the classes.
-    """
-    W, H = original_size
-    h, w = working_superpixels.shape
-    rows, cols = _axis_map(H, h), _axis_map(W, w)
-    # Original pixels that each working pixel stands for; 0 where the original is smaller.
-    row_w = np.bincount(rows, minlength=h).astype(np.int64)
-    col_w = np.bincount(cols, minlength=w).astype(np.int64)
-    weight = (row_w[:, None] * col_w[None, :]).ravel()
-    sp = working_superpixels.astype(np.int64)
-    num_sp = int(sp.max()) + 1
-    raw_maps = [np.asarray(t, dtype=np.int64)[sp] for t in token_labels]  # 4 x [h, w] centroid ids
-    img = working_image.reshape(-1, 3).astype(np.float64)
-    hit_rows, hit_cols = row_w > 0, col_w > 0
-
-    luts: list[np.ndarray] = [np.empty(0, np.int64)] * NUM_LEVELS  # raw centroid -> compact id (-1 absent)
-    order: list[np.ndarray] = [np.empty(0, np.int64)] * NUM_LEVELS  # compact id -> raw centroid
-    areas: list[np.ndarray] = [np.empty(0)] * NUM_LEVELS
-    raw_parent: list[np.ndarray] = [np.empty(0, np.int64)] * NUM_LEVELS
+def _rank_levels(raw_maps: list[np.ndarray], num_clusters: Sequence[int], weight: np.ndarray) -> list[_Level]:
+    """Compact ids per level, top-down: level 4 by decreasing area, then each finer level grouped
+    by parent (in the parent's order) and by decreasing area; empty centroids are dropped."""
+    levels: list[_Level | None] = [None] * NUM_LEVELS
     for lv in range(NUM_LEVELS - 1, -1, -1):
         k = int(num_clusters[lv])
         flat = raw_maps[lv].ravel()
         area = np.bincount(flat, weights=weight, minlength=k)
         present = np.flatnonzero(area > 0)
+        raw_parent = np.empty(0, np.int64)
         if lv == NUM_LEVELS - 1:
             ranked = present[np.lexsort((present, -area[present]))]
         else:
-            # parent of each raw centroid: read at any working pixel of it (levels nest)
-            parent_raw = np.full(k, -1, np.int64)
-            parent_raw[flat] = raw_maps[lv + 1].ravel()
-            raw_parent[lv] = parent_raw
-            parent_new = luts[lv + 1][parent_raw[present]]
-            ranked = present[np.lexsort((present, -area[present], parent_new))]
+            up = levels[lv + 1]
+            assert up is not None
+            raw_parent = np.full(k, -1, np.int64)
+            raw_parent[flat] = raw_maps[lv + 1].ravel()  # read at any working pixel of it (levels nest)
+            ranked = present[np.lexsort((present, -area[present], up.lut[raw_parent[present]]))]
         lut = np.full(k, -1, np.int64)
         lut[ranked] = np.arange(ranked.size)
-        luts[lv], order[lv], areas[lv] = lut, ranked, area
+        levels[lv] = _Level(raw_maps[lv], lut, ranked, raw_parent)
+    return [lv for lv in levels if lv is not None]
 
-    map_dtype = np.uint8 if max(num_clusters) <= 256 else np.uint16
-    compact_work = [luts[lv][raw_maps[lv]].astype(map_dtype) for lv in range(NUM_LEVELS)]
-    label_maps = [m[rows][:, cols] for m in compact_work]
-    parents = [luts[lv + 1][raw_parent[lv][order[lv]]] for lv in range(NUM_LEVELS - 1)]
 
+def _level_nodes(lv: int, m: np.ndarray, parents: list[np.ndarray], weight: np.ndarray, img: np.ndarray,
+                 rows: np.ndarray, cols: np.ndarray, n: int) -> list[Node]:
+    """The nodes of level ``lv + 1`` from its compact working-size map ``m`` (areas, bounding boxes
+    and colours weighted by the original pixels each working pixel stands for)."""
+    h, w = m.shape
+    wsum = np.bincount(m.ravel(), weights=weight, minlength=n)
+    color = np.stack([np.bincount(m.ravel(), weights=weight * img[:, c], minlength=n) for c in range(3)], 1)
+    color = color / np.maximum(wsum, 1)[:, None]
+    # bounding boxes over working rows/cols that stand for at least one original pixel
+    hit_rows = np.bincount(rows, minlength=h) > 0
+    hit_cols = np.bincount(cols, minlength=w) > 0
+    pres_r = np.zeros((n, h), bool)
+    pres_c = np.zeros((n, w), bool)
+    rr, cc = np.nonzero(hit_rows[:, None] & hit_cols[None, :])
+    pres_r[m[rr, cc], rr] = True
+    pres_c[m[rr, cc], cc] = True
+    children: list[list[int]] = [[] for _ in range(n)]
+    if lv > 0:
+        for child, par in enumerate(parents[lv - 1]):
+            children[par].append(child)
+    nodes = []
+    for i in range(n):
+        r_idx, c_idx = np.flatnonzero(pres_r[i]), np.flatnonzero(pres_c[i])
+        bbox = (int(np.searchsorted(cols, c_idx[0], "left")), int(np.searchsorted(rows, r_idx[0], "left")),
+                int(np.searchsorted(cols, c_idx[-1], "right")), int(np.searchsorted(rows, r_idx[-1], "right")))
+        nodes.append(Node(
+            level=lv + 1, id=i, parent=int(parents[lv][i]) if lv < NUM_LEVELS - 1 else None,
+            children=children[i], area=int(round(wsum[i])), bbox=bbox,
+            mean_color=tuple(int(round(v)) for v in color[i]),  # type: ignore[arg-type]
+        ))
+    return nodes
+
+
+def build_hierarchy(readout: Readout, working_image: np.ndarray, original_size: tuple[int, int], *,
+                    class_names: Sequence[str] | None = None, top_k: int = 5, image_name: str = "",
+                    image_notes: Sequence[str] = (), model: dict[str, Any] | None = None) -> Hierarchy:
+    """Assemble a :class:`Hierarchy` from one image's :class:`Readout`.
+
+    Args:
+        readout: the model's outputs for the image, at the working resolution.
+        working_image: ``[h, w, 3]`` uint8 image the model saw (for mean colours).
+        original_size: (width, height) to carry the label maps to (nearest-neighbour lookup).
+        class_names: names of the head's classes (predictions are attached only with names).
+        image_name, image_notes, model: carried into the tree as they are.
+    """
+    sp = readout.superpixels.astype(np.int64)
+    W, H = original_size
+    h, w = sp.shape
+    rows, cols = _axis_map(H, h), _axis_map(W, w)
+    # original pixels that each working pixel stands for; 0 where the original is smaller
+    weight = (np.bincount(rows, minlength=h)[:, None] * np.bincount(cols, minlength=w)[None, :]).ravel().astype(np.int64)
+    num_sp = int(sp.max()) + 1
+    raw_maps = [np.asarray(t, dtype=np.int64)[sp] for t in readout.token_labels]  # 4 x [h, w] centroid ids
+    levels = _rank_levels(raw_maps, readout.num_clusters, weight)
+    map_dtype = np.uint8 if max(readout.num_clusters) <= 256 else np.uint16
+    compact = [lev.lut[lev.raw].astype(map_dtype) for lev in levels]
+    parents = [levels[lv + 1].lut[levels[lv].raw_parent[levels[lv].order]] for lv in range(NUM_LEVELS - 1)]
+    img = working_image.reshape(-1, 3).astype(np.float64)
     nodes: list[Node] = []
     for lv in range(NUM_LEVELS):
-        m = compact_work[lv]
-        n = order[lv].size
-        wsum = np.bincount(m.ravel(), weights=weight, minlength=n)
-        color = np.stack([np.bincount(m.ravel(), weights=weight * img[:, c], minlength=n) for c in range(3)], 1)
-        color = color / np.maximum(wsum, 1)[:, None]
-        # bounding boxes over working rows/cols that stand for at least one original pixel
-        pres_r = np.zeros((n, h), bool)
-        pres_c = np.zeros((n, w), bool)
-        rr, cc = np.nonzero(hit_rows[:, None] & hit_cols[None, :])
-        pres_r[m[rr, cc], rr] = True
-        pres_c[m[rr, cc], cc] = True
-        children: list[list[int]] = [[] for _ in range(n)]
-        if lv > 0:
-            for child, par in enumerate(parents[lv - 1]):
-                children[par].append(child)
-        for i in range(n):
-            r_idx, c_idx = np.flatnonzero(pres_r[i]), np.flatnonzero(pres_c[i])
-            y0 = int(np.searchsorted(rows, r_idx[0], "left"))
-            y1 = int(np.searchsorted(rows, r_idx[-1], "right"))
-            x0 = int(np.searchsorted(cols, c_idx[0], "left"))
-            x1 = int(np.searchsorted(cols, c_idx[-1], "right"))
-            preds = None
-            if segment_probs is not None and class_names is not None:
-                preds = _top_k(segment_probs[lv][order[lv][i]], class_names, top_k)
-            nodes.append(Node(
-                level=lv + 1, id=i, parent=int(parents[lv][i]) if lv < NUM_LEVELS - 1 else None,
-                children=children[i], area=int(round(wsum[i])), bbox=(x0, y0, x1, y1),
-                mean_color=tuple(int(round(v)) for v in color[i]),  # type: ignore[arg-type]
-                predictions=preds, centroid=int(order[lv][i]),
-            ))
-
+        level_nodes = _level_nodes(lv, compact[lv], parents, weight, img, rows, cols, levels[lv].order.size)
+        for node in level_nodes:
+            centroid = int(levels[lv].order[node.id])
+            node.centroid = centroid
+            if readout.segment_probs is not None and class_names is not None:
+                node.predictions = _top_k(readout.segment_probs[lv][centroid], class_names, top_k)
+            if readout.segment_concepts is not None:
+                node.concepts = [int(c) for c in readout.segment_concepts[lv][centroid]]
+        nodes += level_nodes
     level_predictions = None
-    if level_probs is not None and class_names is not None:
-        level_predictions = [_top_k(p, class_names, top_k) for p in level_probs]
+    if readout.level_probs is not None and class_names is not None:
+        level_predictions = [_top_k(p, class_names, top_k) for p in readout.level_probs]
     sp_dtype = np.uint16 if num_sp <= 65535 else np.int32
     return Hierarchy(
-        label_maps=label_maps,
+        label_maps=[m[rows][:, cols] for m in compact],
         parents=[p.astype(np.int64) for p in parents],
         nodes=nodes,
         level_predictions=level_predictions,
-        superpixels=working_superpixels.astype(sp_dtype)[rows][:, cols],
-        working_superpixels=working_superpixels.astype(sp_dtype),
+        superpixels=sp.astype(sp_dtype)[rows][:, cols],
+        working_superpixels=sp.astype(sp_dtype),
         working_image=working_image,
-        superpixel_to_level1=luts[0][np.asarray(token_labels[0], dtype=np.int64)[:num_sp]],
-        num_clusters=tuple(int(k) for k in num_clusters),
+        superpixel_to_level1=levels[0].lut[np.asarray(readout.token_labels[0], dtype=np.int64)[:num_sp]],
+        num_clusters=tuple(int(k) for k in readout.num_clusters),
+        model=dict(model or {}),
+        image_name=image_name,
+        image_notes=tuple(image_notes),
+        concepts=readout.concepts,
+        timings=dict(readout.timings),
     )

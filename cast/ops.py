@@ -1,7 +1,7 @@
 """Tensor operations CAST is built from: segment means and farthest point sampling.
 
 Pure PyTorch, batched, no compiled extensions. Both functions are written to reproduce the
-published model's numerics (see ``shared/spec/CAST_FACTS.md`` §2.2 and §2.5).
+published model's numerics (``docs/architecture.md``: segment tokens and graph pooling).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Superpixels for CAST: OpenCV SEEDS (the published models) and scikit-image SLIC.
 
-Settings of the published checkpoints (CAST_FACTS §1): SEEDS on the image converted RGB->Lab,
+Settings of the published checkpoints (``docs/architecture.md``): SEEDS on the image converted RGB->Lab,
 196 superpixels, ``num_levels=1``, ``prior=2``, ``double_step=False``; MoCo-v3 models use 15
 histogram bins and 20 iterations, DeiT models 5 bins and 15 iterations.
 """

@@ -72,7 +72,7 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class PublishedWeights:
-    """One published checkpoint of the Hub repo ``twke/CAST`` (CAST_FACTS §5)."""
+    """One published checkpoint of the Hub repo ``twke/CAST`` (file layouts: ``docs/architecture.md``)."""
 
     name: str  # our name: "<architecture>.<training>"
     arch: str  # registered model name

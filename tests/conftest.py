@@ -36,7 +36,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
-    from cast.hub import save_own_format
+    from cast.loading import save_own_format
 
     return save_own_format(tiny_model, tmp_path_factory.mktemp("tiny_model"))
 

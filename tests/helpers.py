@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-# a copy of shared/spec/official_state_dict_keys.json: the published key layouts
+# the key names and shapes of the published checkpoint files, per family (a test fixture)
 SPEC = Path(__file__).resolve().parent / "data" / "official_state_dict_keys.json"
 
 TINY_ARGS = dict(img_size=64, embed_dim=48, depths=(1, 1, 1, 1), num_heads=2, num_clusters=(16, 8, 4, 2), num_classes=5)
@@ -119,3 +124,49 @@ def fps_reference(points: list[list[list[float]]], k: int) -> list[list[int]]:
             chosen.append(current)
         result.append(chosen)
     return result
+
+
+# -- images ------------------------------------------------------------------------------------
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A tiny PNG whose header claims ``width x height`` pixels (3.6 GP by default): a decompression bomb."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _png_chunk(b"IEND", b"")
+
+
+def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    """``img`` saved in ``fmt`` (PNG, JPEG, ...), as bytes."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+# -- trees -------------------------------------------------------------------------------------
+
+def check_invariants(tree, width: int, height: int) -> None:
+    """Everything a :class:`cast.Hierarchy` promises: compact ids, areas and boxes that match the
+    label maps, levels that nest, parents and children that agree."""
+    assert tree.size == (width, height)
+    assert len(tree.label_maps) == 4 and len(tree.parents) == 3
+    for lv, m in enumerate(tree.label_maps, start=1):
+        assert m.shape == (height, width) and m.dtype == np.uint8
+        nodes = tree.nodes_at(lv)
+        assert [n.id for n in nodes] == list(range(len(nodes)))
+        assert np.array_equal(np.unique(m), np.arange(len(nodes))), "ids are compact and all used"
+        assert sum(n.area for n in nodes) == width * height
+        counts = np.bincount(m.ravel(), minlength=len(nodes))
+        assert [n.area for n in nodes] == counts.tolist()
+        for n in nodes:
+            ys, xs = np.nonzero(m == n.id)
+            assert n.bbox == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    for lv in range(3):
+        assert np.array_equal(tree.parents[lv][tree.label_maps[lv]], tree.label_maps[lv + 1])
+        for n in tree.nodes_at(lv + 1):
+            assert n.parent == tree.parents[lv][n.id]
+            assert n.id in tree.node(lv + 2, n.parent).children
+    assert all(n.parent is None for n in tree.nodes_at(4))
+    assert tree.superpixels.shape == (height, width)

@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from tests.test_image import bomb_png
+from tests.helpers import bomb_png
+
+pytestmark = pytest.mark.slow  # subprocess runs of the CLI
 
 ROOT = Path(__file__).resolve().parents[1]
 

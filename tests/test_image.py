@@ -1,8 +1,6 @@
 """Odd and hostile inputs: every one gives a result or a clear ImageReadError."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -11,21 +9,11 @@ from PIL import Image
 import cast
 from cast.errors import ImageReadError
 from cast.image import read_image
+from tests.helpers import bomb_png, encoded
 
 
-def _png_bytes(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def bomb_png(width: int = 60000, height: int = 60000) -> bytes:
-    """A tiny file whose header claims width x height pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+def _png(img: Image.Image) -> bytes:
+    return encoded(img, "PNG")
 
 
 def test_cmyk_jpeg(photo, tmp_path):
@@ -51,16 +39,16 @@ def test_rgba_composited_on_white():
     rgba = np.zeros((10, 10, 4), np.uint8)
     rgba[..., 0] = 255
     rgba[:, 5:, 3] = 255  # left half transparent
-    out = read_image(_png_bytes(Image.fromarray(rgba, "RGBA")))
+    out = read_image(_png(Image.fromarray(rgba, "RGBA")))
     assert tuple(out.rgb[0, 0]) == (255, 255, 255) and tuple(out.rgb[0, 9]) == (255, 0, 0)
     assert out.notes == ("transparent areas composited on white",)
 
 
 def test_palette_and_grayscale(photo):
     pal = Image.fromarray(photo).convert("P", palette=Image.Palette.ADAPTIVE)
-    assert read_image(_png_bytes(pal)).rgb.shape == (512, 512, 3)
+    assert read_image(_png(pal)).rgb.shape == (512, 512, 3)
     gray = Image.fromarray(photo).convert("L")
-    out = read_image(_png_bytes(gray))
+    out = read_image(_png(gray))
     assert out.rgb.shape == (512, 512, 3) and (out.rgb[..., 0] == out.rgb[..., 2]).all()
 
 
@@ -88,7 +76,7 @@ def test_too_small_is_refused_and_named(tmp_path):
     Image.new("RGB", (3, 5)).save(p)
     with pytest.raises(ImageReadError, match=r"speck.png: too small \(3x5 px\)"):
         read_image(p)
-    assert read_image(_png_bytes(Image.new("RGB", (8, 8)))).rgb.shape == (8, 8, 3)
+    assert read_image(_png(Image.new("RGB", (8, 8)))).rgb.shape == (8, 8, 3)
     named = io.BytesIO(p.read_bytes())
     named.name = "/some/where/upload.png"  # file objects report their base name
     with pytest.raises(ImageReadError, match="^upload.png: too small"):

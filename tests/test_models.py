@@ -155,3 +155,10 @@ def test_published_files_load_with_metadata(tmp_path, moco_sd, deit_sd):
     moco = cast.load_model(write_moco_file(tmp_path / "checkpoint_0099.pth.tar", moco_sd))
     assert moco.info.family == "mocov3" and moco.info.superpixels.params == {"histogram_bins": 15, "num_iterations": 20}
     assert moco.num_classes == 0 and moco.info.class_names is None
+
+
+@pytest.mark.parametrize("name", [*MODEL_NAMES, "vit_conv_small"])
+def test_models_build_on_the_meta_device(name):
+    with torch.device("meta"):
+        model = timm.create_model(name, num_classes=1000)
+    assert all(p.is_meta for p in model.parameters())

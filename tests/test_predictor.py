@@ -8,30 +8,8 @@ from PIL import Image
 
 import cast
 from cast.hierarchy import SCHEMA_NAME, SCHEMA_VERSION
-from tests.test_image import bomb_png
-
-
-def check_invariants(tree: cast.Hierarchy, width: int, height: int) -> None:
-    assert tree.size == (width, height)
-    assert len(tree.label_maps) == 4 and len(tree.parents) == 3
-    for lv, m in enumerate(tree.label_maps, start=1):
-        assert m.shape == (height, width) and m.dtype == np.uint8
-        nodes = tree.nodes_at(lv)
-        assert [n.id for n in nodes] == list(range(len(nodes)))
-        assert np.array_equal(np.unique(m), np.arange(len(nodes))), "ids are compact and all used"
-        assert sum(n.area for n in nodes) == width * height
-        counts = np.bincount(m.ravel(), minlength=len(nodes))
-        assert [n.area for n in nodes] == counts.tolist()
-        for n in nodes:
-            ys, xs = np.nonzero(m == n.id)
-            assert n.bbox == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    for lv in range(3):
-        assert np.array_equal(tree.parents[lv][tree.label_maps[lv]], tree.label_maps[lv + 1])
-        for n in tree.nodes_at(lv + 1):
-            assert n.parent == tree.parents[lv][n.id]
-            assert n.id in tree.node(lv + 2, n.parent).children
-    assert all(n.parent is None for n in tree.nodes_at(4))
-    assert tree.superpixels.shape == (height, width)
+from cast.keys import Level, SegmentKey
+from tests.helpers import bomb_png, check_invariants
 
 
 def test_hierarchy_invariants_on_a_photo(tiny_predictor, photo):
@@ -96,15 +74,25 @@ def test_json_schema_and_save(tiny_predictor, photo, tmp_path):
     assert np.array_equal(np.asarray(Image.open(out / "superpixels.png")).astype(np.int64), tree.superpixels.astype(np.int64))
 
 
-def test_predict_segments_batched_and_cached(tiny_predictor, photo):
+def test_predict_segments_batched_and_cached(tiny_predictor, photo, monkeypatch):
     tree = tiny_predictor(photo)
-    keys = [n.key for n in tree.nodes_at(4)] + [(3, 0)]
+    keys = [n.key for n in tree.nodes_at(4)] + ["L3-0", (3, 1)]
+    calls = []
+    classify = tiny_predictor.classify_embed
+    monkeypatch.setattr(tiny_predictor, "classify_embed", lambda images: calls.append(len(images)) or classify(images))
     got = tiny_predictor.predict_segments(tree, keys, batch_size=2)
-    assert set(got) == {n.key for n in tree.nodes_at(4)} | {"L3-0"}
-    for preds in got.values():
-        assert len(preds) == 5 and abs(sum(p for _, p in preds) - 1) < 1e-4
-    # a segment covering everything is the plain image: same answer as the level-4 top-1
-    assert tree.segment_predictions["L3-0"] == got["L3-0"]
+    wanted = {n.key for n in tree.nodes_at(4)} | {SegmentKey.parse("L3-0"), SegmentKey(Level.L3, 1)}
+    assert set(got) == wanted and set(tree.segment_predictions) == wanted
+    assert calls == [2] * (len(wanted) // 2) + [1] * (len(wanted) % 2)  # batches of 2
+    # every batched answer is what the segment gets when recognised alone (up to the published
+    # padding effect of batching images with different superpixel counts)
+    alone = tiny_predictor(photo)
+    for key, preds in got.items():
+        single = dict(tiny_predictor.predict_segments(alone, [key], batch_size=1)[key])
+        assert len(preds) == 5 and all(abs(p - single[lbl]) < 0.02 for lbl, p in preds if lbl in single)
+    calls.clear()
+    again = tiny_predictor.predict_segments(tree, ["L3-0", "L3-1"])
+    assert calls == [] and again[SegmentKey(Level.L3, 0)] is got[SegmentKey(Level.L3, 0)]  # cached, no forward pass
     with pytest.raises(KeyError):
         tiny_predictor.predict_segments(tree, ["L4-99"])
 
@@ -167,3 +155,41 @@ def test_hostile_files_give_clear_errors(tiny_predictor, tmp_path, payload, matc
     p.write_bytes(payload)
     with pytest.raises(cast.ImageReadError, match=match):
         tiny_predictor(p)
+
+
+def test_one_segmenter_interface_for_cast_and_the_vit_baseline(photo):
+    from cast.baselines import ViTKMeansSegmenter
+
+    cast_seg, vit_seg = cast.load_segmenter("bundled"), cast.load_segmenter("bundled_vit")
+    assert isinstance(cast_seg, cast.Predictor) and isinstance(vit_seg, ViTKMeansSegmenter)
+    for seg in (cast_seg, vit_seg):
+        assert isinstance(seg, cast.Segmenter) and seg.has_head
+        tree = seg(photo)
+        check_invariants(tree, 512, 512)
+        assert tree.model["name"] == seg.info.name and {"read", "readout", "total"} <= set(tree.timings)
+        probs, feats = seg.classify_embed(tree.masked_images(4, [0, 1]))
+        assert probs.shape == (2, len(seg.info.class_names)) and feats.shape[0] == 2
+        key = tree.nodes_at(4)[0].key
+        assert seg.predict_segments(tree, [key])[key][0][0] in seg.info.class_names
+    with pytest.raises(cast.CastLoadError, match="not a CAST model") as e:
+        cast.Predictor("bundled_vit")
+    assert e.value.short == "not a CAST model"
+
+
+def test_cast_exposes_per_segment_logits_and_features(tiny_model):
+    import torch
+
+    sp = torch.arange(64 * 64).reshape(1, 64, 64) // 64 // 8 * 8 + torch.arange(64)[None, None, :] // 8
+    with torch.no_grad():
+        out = tiny_model.forward_hierarchy(torch.randn(1, 3, 64, 64), sp)
+        for tokens, feats, logits in zip(out.segment_tokens, out.segment_features, out.segment_logits):
+            assert torch.allclose(feats, tiny_model.norm(tokens)) and torch.allclose(logits, tiny_model.head(feats))
+
+
+def test_errors_carry_a_short_summary():
+    assert cast.CastError("long story").short == "something went wrong"
+    assert cast.ImageReadError("x").short == "not an image we can read"
+    assert cast.WeightsNotAvailableError("x", short="offline").short == "offline" and str(cast.WeightsNotAvailableError("x")) == "x"
+    with pytest.raises(cast.WeightsNotAvailableError) as e:
+        cast.load_model("cast_base.mocov3_in1k")  # offline, not cached
+    assert e.value.short == "not in the local Hub cache and HF_HUB_OFFLINE is set"

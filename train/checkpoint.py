@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cast.hub import safe_torch_load
+from cast.loading import safe_torch_load
 
 __all__ = ["save_checkpoint", "load_checkpoint", "find_resume", "rng_state", "set_rng_state"]
 

@@ -25,17 +25,19 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from cast.baselines import kmeans_tree
+import cast
+from cast.clustering import kmeans_tree
 from cast.concepts import load_concepts
+from cast.segmenter import Segmenter
 
-from .evaluate import EvalData, load_eval_data, make_segmenter
+from .evaluate import EvalData, load_eval_data
 from .metrics import purity
 from .objectives import knn_top1
 
 __all__ = ["features", "linear_probe", "evaluate_concepts"]
 
 
-def features(seg: Any, data: EvalData, batch: int = 32, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def features(seg: Segmenter, data: EvalData, batch: int = 32, desc: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """Final [CLS] features ``[N, D]`` (the evaluation segmenter's ``classify_embed``) and labels ``[N]``."""
     s = seg.input_size
     feats, labels = [], []
@@ -68,7 +70,7 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, 
 def evaluate_concepts(source: str, data: EvalData, ref: EvalData, coarse: list[int] | None = None,
                       num_prototypes: list[int] | None = None) -> dict[str, Any]:
     """Metrics of one model (see the module docstring). ``coarse[c]`` = coarse group of class ``c``."""
-    seg = make_segmenter(source)
+    seg = cast.load_segmenter(source)
     concepts = load_concepts(source) if Path(source).is_dir() else None
     ref_x, ref_y = features(seg, ref, desc="reference features")
     x, y = features(seg, data, desc="evaluation features")

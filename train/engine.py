@@ -23,10 +23,9 @@ from .config import TrainConfig, config_to_dict
 from .data.build import Datasets, build_datasets, build_loader
 from .data.views import sample_seed
 from .hirl import HIRL
-from .metrics import purity
-from .objectives import MoCoV3, Supervised, encode, knn_top1
+from .objectives import MoCoV3, Objective, Supervised, encode, knn_top1
 
-__all__ = ["Trainer", "build_model", "fit"]
+__all__ = ["Trainer", "build_model", "build_objective", "fit"]
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
@@ -46,6 +45,21 @@ def model_kwargs(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     if isinstance(model, cast.CAST):
         return dict(model.model_args)
     return {**cfg.model.kwargs, "img_size": cfg.data.image_size, "num_classes": getattr(model, "num_classes", 0)}
+
+
+def build_objective(cfg: TrainConfig, model: nn.Module, num_classes: int, num_train: int) -> Objective:
+    """The configured objective around ``model``: supervised, MoCo-v3, or MoCo-v3 + HIRL."""
+    if cfg.objective == "supervised":
+        a = cfg.aug
+        return Supervised(model, num_classes, a.mixup, a.cutmix, a.mix_prob, a.label_smoothing)
+    m = cfg.moco
+    moco = dict(dim=m.dim, mlp_dim=m.mlp_dim, temperature=m.temperature, momentum=m.momentum)
+    if cfg.hirl.enabled:
+        h = cfg.hirl
+        return HIRL(model, num_train, list(h.num_prototypes), h.hidden, h.temperature, h.num_negatives, h.weight,
+                    h.representatives, warmup_epochs=h.warmup_epochs, recluster_every=h.recluster_every,
+                    seed=cfg.run.seed, **moco)
+    return MoCoV3(model, **moco)
 
 
 def _seed_all(seed: int) -> None:
@@ -70,17 +84,7 @@ class Trainer:
         self.data: Datasets = build_datasets(cfg)
         self.num_classes = len(self.data.class_names)
         self.model = build_model(cfg, self.num_classes)
-        if cfg.objective == "supervised":
-            a = cfg.aug
-            self.objective: nn.Module = Supervised(self.model, self.num_classes, a.mixup, a.cutmix, a.mix_prob, a.label_smoothing)
-        elif cfg.hirl.enabled:
-            m, h = cfg.moco, cfg.hirl
-            self.objective = HIRL(self.model, len(self.data.train), list(h.num_prototypes), h.hidden, h.temperature,
-                                  h.num_negatives, h.weight, h.representatives, dim=m.dim, mlp_dim=m.mlp_dim,
-                                  temperature=m.temperature, momentum=m.momentum)
-        else:
-            m = cfg.moco
-            self.objective = MoCoV3(self.model, m.dim, m.mlp_dim, m.temperature, m.momentum)
+        self.objective: Objective = build_objective(cfg, self.model, self.num_classes, len(self.data.train))
         cuda = self.device.type == "cuda"
         if cuda and self.dist.distributed:
             self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
@@ -125,6 +129,10 @@ class Trainer:
         if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
             return torch.bfloat16
         return torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision as configured (``run.amp``); a no-op on the CPU by default."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
     def _optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         from timm.optim import create_optimizer_v2
@@ -238,159 +246,200 @@ class Trainer:
 
     def _train_epoch(self, accum: int) -> bool:
         """One epoch (or its remainder after a resume); True when ``max_steps`` stopped the run."""
-        cfg = self.cfg
+        start = self._start_epoch()
+        n_batches = self.steps_per_epoch * accum
+        bar = self._progress(n_batches, start, f"epoch {self.epoch + 1}/{self.cfg.schedule.epochs}")
+        window = _Window()
+        it = iter(self.loader)
+        try:
+            for b in range(start, n_batches):
+                batch = self._to_device(next(it))
+                last_micro = (b % accum) == accum - 1
+                window.add(self._forward_backward(batch, b, last_micro), batch[0].shape[0] * self.dist.world_size)
+                if bar is not None:
+                    bar.update(1)
+                if not last_micro:
+                    continue
+                self._optimizer_step(b)
+                self._log_step(window, accum, bar)
+                if self._checkpoint_step():
+                    return True
+            return False
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _start_epoch(self) -> int:
+        """Position the data at this epoch (skipping what a resumed run already saw), let the
+        objective prepare (e.g. re-cluster), switch to training mode; returns the first batch."""
         self.data.train.set_epoch(self.epoch)
         sampler = self.loader.sampler
         sampler.set_epoch(self.epoch)  # type: ignore[attr-defined]
         start = self.batch_in_epoch
-        sampler.skip = start * cfg.run.batch_size  # type: ignore[attr-defined]
-        if isinstance(self.objective, HIRL) and self.objective.due(self.epoch, cfg.hirl.warmup_epochs, cfg.hirl.recluster_every):
-            self._hirl_cluster()
+        sampler.skip = start * self.cfg.run.batch_size  # type: ignore[attr-defined]
+        t0 = time.perf_counter()
+        record = self.objective.on_epoch_start(self.epoch, self._embed_cluster_bank)
+        if record:
+            self._log_line({**record, "seconds": round(time.perf_counter() - t0, 1)})
         self.objective.train()
-        n_batches = self.steps_per_epoch * accum
-        bar = None
-        if self.dist.is_main:
-            from tqdm import tqdm
+        return start
 
-            bar = tqdm(total=n_batches, initial=start, desc=f"epoch {self.epoch + 1}/{cfg.schedule.epochs}",
-                       unit="batch", dynamic_ncols=True, leave=False)
-        losses: list[float] = []
-        t_log, seen = time.perf_counter(), 0
-        it = iter(self.loader)
-        for b in range(start, n_batches):
-            batch = self._to_device(next(it))
-            last_micro = (b % accum) == accum - 1
-            # dropout, drop-path and mixup draw from these: seeded per (run, rank, batch) so a
-            # resumed run repeats exactly what the uninterrupted one would have done
-            _seed_all(sample_seed(cfg.run.seed + 7919 * self.dist.rank, self.epoch, b))
-            if isinstance(self.objective, MoCoV3):
-                self.objective.set_momentum(self.step / max(self.total_steps, 1))
-            sync = contextlib.nullcontext()
-            if self.dist.distributed and not last_micro:
-                sync = self.wrapped.no_sync()  # type: ignore[operator]
-            with sync:
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                    out = self.wrapped(batch)
-                loss = out["loss"]
-                loss_value = float(loss.detach())  # the one host sync of the step (logging and the check)
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss is {loss_value} at step {self.step}; lower the learning rate")
-                self.scaler.scale(loss / accum).backward()
-            losses.append(loss_value)
-            seen += batch[0].shape[0] * self.dist.world_size
-            if bar is not None:
-                bar.update(1)
-            if not last_micro:
-                continue
-            if cfg.optim.clip_grad:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad], cfg.optim.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            self.batch_in_epoch = b + 1
-            self.scheduler.step_update(self.step)
-            if self.ema is not None:
-                self.ema.update(self.model, step=self.step)
-            step_loss = float(np.mean(losses[-accum:]))
-            if self.dist.distributed:
-                step_loss = D.all_reduce_sum([step_loss], self.device)[0] / self.dist.world_size
-            lr = self.optimizer.param_groups[0]["lr"]
-            if self.step % max(cfg.run.log_every, 1) == 0 or self.step == 1:
-                now = time.perf_counter()
-                img_s = seen / max(now - t_log, 1e-9)
-                t_log, seen = now, 0
-                self._log_line({"step": self.step, "epoch": self.epoch, "loss": step_loss, "lr": lr, "img_s": img_s})
-                self._scalar("train/loss", step_loss, self.step)
-                self._scalar("train/lr", lr, self.step)
-                self._scalar("train/img_s", img_s, self.step)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
-            if cfg.run.save_every_steps and self.step % cfg.run.save_every_steps == 0:
-                self.save("last")
-            if cfg.run.max_steps and self.step >= cfg.run.max_steps:
-                self.save("last")
-                if bar is not None:
-                    bar.close()
-                return True
+    def _forward_backward(self, batch: tuple[Any, ...], b: int, last_micro: bool) -> float:
+        """Loss and gradients of one micro-batch (DDP syncs gradients on the last one only)."""
+        # dropout, drop-path and mixup draw from these: seeded per (run, rank, batch) so a resumed
+        # run repeats exactly what the uninterrupted one would have done
+        _seed_all(sample_seed(self.cfg.run.seed + 7919 * self.dist.rank, self.epoch, b))
+        self.objective.on_step(self.step / max(self.total_steps, 1))
+        sync = contextlib.nullcontext()
+        if self.dist.distributed and not last_micro:
+            sync = self.wrapped.no_sync()  # type: ignore[operator]
+        with sync:
+            with self.autocast():
+                out = self.wrapped(batch)
+            loss = out["loss"]
+            loss_value = float(loss.detach())  # the one host sync of the step (logging and the check)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {self.step}; lower the learning rate")
+            self.scaler.scale(loss / self.cfg.optim.accum_steps).backward()
+        return loss_value
+
+    def _optimizer_step(self, b: int) -> None:
+        """Clip, step, schedule and EMA after the last micro-batch of an optimizer step."""
+        if self.cfg.optim.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for p in self.objective.parameters() if p.requires_grad],
+                                           self.cfg.optim.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.batch_in_epoch = b + 1
+        self.scheduler.step_update(self.step)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+
+    def _log_step(self, window: _Window, accum: int, bar: Any) -> None:
+        """Every ``run.log_every`` steps: loss, learning rate and images/s to the log, TensorBoard, the bar."""
+        step_loss = float(np.mean(window.losses[-accum:]))
+        if self.dist.distributed:
+            step_loss = D.all_reduce_sum([step_loss], self.device)[0] / self.dist.world_size
+        if not (self.step % max(self.cfg.run.log_every, 1) == 0 or self.step == 1):
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        img_s = window.rate()
+        self._log_line({"step": self.step, "epoch": self.epoch, "loss": step_loss, "lr": lr, "img_s": img_s})
+        self._scalar("train/loss", step_loss, self.step)
+        self._scalar("train/lr", lr, self.step)
+        self._scalar("train/img_s", img_s, self.step)
         if bar is not None:
-            bar.close()
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
+
+    def _checkpoint_step(self) -> bool:
+        """Save ``last.pt`` when due; True when ``run.max_steps`` is reached (the run stops)."""
+        run = self.cfg.run
+        if run.save_every_steps and self.step % run.save_every_steps == 0:
+            self.save("last")
+        if run.max_steps and self.step >= run.max_steps:
+            self.save("last")
+            return True
         return False
 
+    def _progress(self, total: int, initial: int, desc: str) -> Any:
+        """A tqdm bar on rank 0 (None elsewhere)."""
+        if not self.dist.is_main:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True, leave=False)
+
     @torch.no_grad()
-    def _hirl_cluster(self) -> None:
-        """Embed every training image (this rank's share), gather, cluster, share rank 0's result."""
-        assert isinstance(self.objective, HIRL) and self.data.cluster_bank is not None
-        t0 = time.perf_counter()
-        self.objective.eval()
+    def _embed_cluster_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final features of every image of the clustering bank (each rank embeds its share, then
+        all are gathered): ``(features [N, D], dataset indices [N])``."""
         ds = self.data.cluster_bank
-        # each rank embeds its share (DistributedSampler without shuffling pads the shares to equal size)
+        if ds is None:
+            raise RuntimeError("this objective asked for the training images' embeddings, but no clustering bank was built")
+        self.objective.eval()
+        # DistributedSampler without shuffling pads the shares to equal size; the objective de-duplicates
         loader = build_loader(ds, self.cfg.run.batch_size, train=False, seed=0, world_size=self.dist.world_size,
                               rank=self.dist.rank, num_workers=self.cfg.data.num_workers, pin_memory=False)
         feats, idx = [], []
-        bar = None
-        if self.dist.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(loader), desc=f"HIRL clustering (epoch {self.epoch + 1})", unit="batch", leave=False)
+        bar = self._progress(len(loader), 0, f"embedding the training images (epoch {self.epoch + 1})")
         for x, sp, _, index in loader:
-            x, sp = x.to(self.device), sp.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                feats.append(encode(self.model, x, sp).float())
+            with self.autocast():
+                feats.append(encode(self.model, x.to(self.device), sp.to(self.device)).float())
             idx.append(index.to(self.device))
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-        f = torch.cat(D.all_gather(torch.cat(feats)))
-        i = torch.cat(D.all_gather(torch.cat(idx)))
-        stats = self.objective.cluster(f, i, self.epoch, seed=self.cfg.run.seed)
-        self.objective.broadcast()
-        self._log_line({"event": "hirl_cluster", "epoch": self.epoch, "images": int(i.unique().numel()),
-                        "seconds": round(time.perf_counter() - t0, 1), **stats})
+        return torch.cat(D.all_gather(torch.cat(feats))), torch.cat(D.all_gather(torch.cat(idx)))
 
     # -- validation ------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
+        """Top-1 (supervised) or weighted k-NN top-1 and the objective's own metrics (self-supervised)."""
         if self.data.val is None:
             return {}
         self.objective.eval()
         if self.cfg.objective == "supervised":
-            loader = build_loader(self.data.val, self.cfg.run.batch_size, train=False, seed=0,
-                                  world_size=self.dist.world_size, rank=self.dist.rank,
-                                  num_workers=self.cfg.data.num_workers, pin_memory=False)
-            correct = total = 0.0
-            for batch in loader:
-                x, sp, y = self._to_device(batch)
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                    logits = encode(self.model, x, sp)
-                correct += float((logits.argmax(1) == y).sum())
-                total += float(y.numel())
-            correct, total = D.all_reduce_sum([correct, total], self.device)
-            return {"top1": correct / max(total, 1.0)}
+            return self._validate_supervised()
         result: dict[str, float] = {}
         if self.dist.is_main and self.data.knn_bank is not None:
-            feats = {}
-            for name, ds in (("bank", self.data.knn_bank), ("val", self.data.val)):
-                loader = build_loader(ds, self.cfg.run.batch_size, train=False, seed=0, world_size=1, rank=0,
-                                      num_workers=self.cfg.data.num_workers, pin_memory=False)
-                fs, ys = [], []
-                for batch in loader:
-                    x, sp, y = self._to_device(batch)
-                    fs.append(encode(self.model, x, sp).float().cpu())
-                    ys.append(y.cpu())
-                feats[name] = (torch.cat(fs), torch.cat(ys))
+            bank_x, bank_y = self._features(self.data.knn_bank)
+            val_x, val_y = self._features(self.data.val)
             m = self.cfg.moco
-            result["knn_top1"] = knn_top1(*feats["bank"], *feats["val"], self.num_classes, m.knn_k, m.knn_t)
-            if isinstance(self.objective, HIRL) and self.objective.active:
-                nearest = self.objective.concepts.nearest(feats["val"][0].to(self.device)).cpu()
-                for lv in range(nearest.shape[1]):
-                    result[f"hirl_purity_l{lv + 1}"] = purity(nearest[:, lv], feats["val"][1])
+            result["knn_top1"] = knn_top1(bank_x, bank_y, val_x, val_y, self.num_classes, m.knn_k, m.knn_t)
+            result.update(self.objective.extra_metrics(val_x, val_y))
         if not self.dist.distributed:
             return result
         value = D.all_reduce_sum([result.get("knn_top1", 0.0)], self.device)[0]  # only rank 0 computed it
         return {**{k: v for k, v in result.items() if k != "knn_top1"}, "knn_top1": float(value)}
+
+    def _validate_supervised(self) -> dict[str, float]:
+        loader = build_loader(self.data.val, self.cfg.run.batch_size, train=False, seed=0,
+                              world_size=self.dist.world_size, rank=self.dist.rank,
+                              num_workers=self.cfg.data.num_workers, pin_memory=False)
+        correct = total = 0.0
+        for batch in loader:
+            x, sp, y = self._to_device(batch)
+            with self.autocast():
+                logits = encode(self.model, x, sp)
+            correct += float((logits.argmax(1) == y).sum())
+            total += float(y.numel())
+        correct, total = D.all_reduce_sum([correct, total], self.device)
+        return {"top1": correct / max(total, 1.0)}
+
+    def _features(self, ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features ``[N, D]`` and labels ``[N]`` of a whole dataset, on this process."""
+        loader = build_loader(ds, self.cfg.run.batch_size, train=False, seed=0, world_size=1, rank=0,
+                              num_workers=self.cfg.data.num_workers, pin_memory=False)
+        fs, ys = [], []
+        for batch in loader:
+            x, sp, y = self._to_device(batch)
+            fs.append(encode(self.model, x, sp).float().cpu())
+            ys.append(y.cpu())
+        return torch.cat(fs), torch.cat(ys)
+
+
+class _Window:
+    """Micro-batch losses of the epoch and the images seen since the last log line (for images/s)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.seen = 0
+        self.since = time.perf_counter()
+
+    def add(self, loss: float, images: int) -> None:
+        self.losses.append(loss)
+        self.seen += images
+
+    def rate(self) -> float:
+        """Images per second since the last call (or the start), then restart the count."""
+        now = time.perf_counter()
+        rate = self.seen / max(now - self.since, 1e-9)
+        self.seen, self.since = 0, now
+        return rate
 
 
 def fit(cfg: TrainConfig, resume: str | None = None) -> dict[str, Any]:

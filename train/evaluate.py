@@ -36,12 +36,12 @@ import torch
 from PIL import Image
 
 import cast
-from cast.baselines import ViTKMeansSegmenter
 from cast.hierarchy import Hierarchy
+from cast.segmenter import Segmenter
 
 from .metrics import boundary_f, consistency, miou, oracle_labels
 
-__all__ = ["EvalData", "load_eval_data", "make_segmenter", "evaluate", "masked_segments"]
+__all__ = ["EvalData", "load_eval_data", "evaluate", "masked_segments"]
 
 LEVELS = (1, 2, 3, 4)
 GREY = 128
@@ -112,64 +112,6 @@ def load_eval_data(spec: str, n: int | None = None, image_size: int = 160) -> Ev
     return EvalData(str(root), meta.get("classes", folder.classes), list(part_class), folder)
 
 
-# ---------------------------------------------------------------------------------------------
-# Segmenters: one interface for CAST (Predictor) and the ViT + k-means baseline
-# ---------------------------------------------------------------------------------------------
-
-
-class _CastSegmenter:
-    def __init__(self, model: cast.CAST) -> None:
-        self.predictor = cast.Predictor(model)
-        self.model = model
-        self.info = self.predictor.info
-        self.has_head = self.predictor.has_head
-        self.input_size = self.predictor.input_size
-
-    def segment(self, image: np.ndarray) -> Hierarchy:
-        return self.predictor(image)
-
-    @torch.inference_mode()
-    def classify_embed(self, images: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        p = self.predictor
-        sp = torch.from_numpy(np.stack([p.compute_superpixels(im) for im in images]))
-        feats = self.model.forward_head(self.model.forward_features(p.normalise(images), sp), pre_logits=True)
-        probs = self.model.head(feats).float().softmax(-1).numpy() if self.has_head else None
-        return probs, feats.float().numpy()
-
-    def flop_inputs(self) -> tuple[torch.Tensor, ...]:
-        s = self.input_size
-        img = np.zeros((s, s, 3), np.uint8)
-        img[:, : s // 2] = 200
-        sp = self.predictor.compute_superpixels(np.asarray(Image.fromarray(img)))
-        return torch.randn(1, 3, s, s), torch.from_numpy(sp)[None]
-
-
-class _VitSegmenter:
-    def __init__(self, model: torch.nn.Module, info: cast.ModelInfo) -> None:
-        self.seg = ViTKMeansSegmenter(model, info)
-        self.model, self.info, self.has_head, self.input_size = model, info, self.seg.has_head, info.input_size
-
-    def segment(self, image: np.ndarray) -> Hierarchy:
-        return self.seg(image)
-
-    @torch.inference_mode()
-    def classify_embed(self, images: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-        tokens = self.model.forward_features(self.seg.normalise(images))
-        feats = tokens[:, 0]
-        probs = self.model.head(feats).float().softmax(-1).numpy() if self.has_head else None
-        return probs, feats.float().numpy()
-
-    def flop_inputs(self) -> tuple[torch.Tensor, ...]:
-        return (torch.randn(1, 3, self.input_size, self.input_size),)
-
-
-def make_segmenter(source: str) -> _CastSegmenter | _VitSegmenter:
-    model = cast.load_model(source)
-    if isinstance(model, cast.CAST):
-        return _CastSegmenter(model)
-    return _VitSegmenter(model, model.info)  # type: ignore[arg-type]
-
-
 def masked_segments(tree: Hierarchy, level: int) -> tuple[np.ndarray, np.ndarray]:
     """Each level-``level`` segment alone (grey elsewhere) at the working resolution:
     ``[n, S, S, 3]`` uint8 images and their ``[n]`` ids."""
@@ -177,7 +119,7 @@ def masked_segments(tree: Hierarchy, level: int) -> tuple[np.ndarray, np.ndarray
     return tree.masked_images(level, ids, grey=GREY), ids
 
 
-def _batched(seg: Any, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray | None, np.ndarray]:
+def _batched(seg: Segmenter, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray | None, np.ndarray]:
     probs, feats = [], []
     for i in range(0, len(images), batch):
         p, f = seg.classify_embed(images[i:i + batch])
@@ -187,7 +129,7 @@ def _batched(seg: Any, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray 
     return (np.concatenate(probs) if probs else None), np.concatenate(feats)
 
 
-def part_prototypes(seg: Any, ref: EvalData, n: int) -> dict[int, np.ndarray]:
+def part_prototypes(seg: Segmenter, ref: EvalData, n: int) -> dict[int, np.ndarray]:
     """Mean L2-normalised [CLS] feature of each ground-truth part shown alone (reference images)."""
     s = seg.input_size
     sums: dict[int, np.ndarray] = {}
@@ -208,7 +150,7 @@ def part_prototypes(seg: Any, ref: EvalData, n: int) -> dict[int, np.ndarray]:
     return {k: v / np.linalg.norm(v).clip(1e-12) for k, v in sums.items()}
 
 
-def _model_labels(seg: Any, tree: Hierarchy, level: int, predicted: int, protos: dict[int, np.ndarray],
+def _model_labels(seg: Segmenter, tree: Hierarchy, level: int, predicted: int, protos: dict[int, np.ndarray],
                   part_class: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Protocol (ii): object and part label of every level-``level`` segment -> label maps."""
     imgs, ids = masked_segments(tree, level)
@@ -233,7 +175,7 @@ def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData
     from torch.utils.flop_counter import FlopCounterMode
     from tqdm import tqdm
 
-    seg = make_segmenter(source)
+    seg = cast.load_segmenter(source)
     use_model = seg.has_head and model_label_n > 0
     protos = part_prototypes(seg, ref, ref_n) if use_model and ref is not None else {}
     acc: dict[str, dict[int, list[float]]] = {}
@@ -246,7 +188,7 @@ def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData
     for i in bar:
         image, label, obj, part = data.samples[i]
         t = time.perf_counter()
-        tree = seg.segment(image)
+        tree = seg(image)
         seg_time += time.perf_counter() - t
         gt_obj = np.where(obj > 0, label + 1, 0)
         predicted = None

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 import cast
-from cast.hub import build_model, save_own_format
+from cast.loading import build_model, save_own_format
 from cast.superpixels import SuperpixelSettings
 from cast.weights import ModelInfo
 

@@ -1,5 +1,5 @@
 """HIRL on top of MoCo-v3: tree-structured prototypes from hierarchical k-means of the training set's
-embeddings, one MLP head per level, and semantic-path discrimination (CAST_FACTS §7).
+embeddings, one MLP head per level, and semantic-path discrimination (HIRL, Xu et al., 2022; see docs/architecture.md).
 
 Every ``recluster_every`` epochs after ``warmup_epochs``, the engine embeds every training image
 (no augmentation), gathers the embeddings from all ranks and calls :meth:`HIRL.cluster`: level 1
@@ -24,10 +24,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cast.baselines import kmeans_tree
+from cast.clustering import kmeans_tree
 from cast.concepts import ConceptHierarchy
 
-from .objectives import MoCoV3, encode
+from .metrics import purity
+from .objectives import Embedder, MoCoV3, encode
 
 __all__ = ["HIRL"]
 
@@ -42,12 +43,15 @@ class HIRL(MoCoV3):
         path_temperature, num_negatives, weight: see :class:`train.config.HirlConfig` (``temperature``
             there); the remaining keyword arguments go to :class:`MoCoV3`.
         representatives: training images remembered per prototype (for thumbnails at export).
+        warmup_epochs, recluster_every: when :meth:`on_epoch_start` clusters (see :meth:`due`).
+        seed: clustering seed (offset by the epoch).
     """
 
     def __init__(self, model: nn.Module, num_train: int, num_prototypes: list[int], hidden: int = 0,
                  path_temperature: float = 0.2, num_negatives: int = 16, weight: float = 1.0, representatives: int = 4,
-                 **moco_kwargs) -> None:
+                 warmup_epochs: int = 1, recluster_every: int = 1, seed: int = 0, **moco_kwargs) -> None:
         super().__init__(model, **moco_kwargs)
+        self.warmup_epochs, self.recluster_every, self.seed = warmup_epochs, recluster_every, seed
         width = int(getattr(model, "num_features", getattr(model, "embed_dim", 0)))
         self.concepts = ConceptHierarchy(width, num_prototypes, hidden, path_temperature)
         self.num_negatives = num_negatives
@@ -62,9 +66,27 @@ class HIRL(MoCoV3):
     def active(self) -> bool:
         return int(self.clustered_epoch) >= 0
 
-    def due(self, epoch: int, warmup: int, every: int) -> bool:
+    def due(self, epoch: int) -> bool:
         """Whether the prototypes should be (re)computed at the start of ``epoch``."""
+        warmup, every = self.warmup_epochs, self.recluster_every
         return epoch >= warmup and (epoch - warmup) % every == 0 and int(self.clustered_epoch) != epoch
+
+    def on_epoch_start(self, epoch: int, embed: Embedder) -> dict[str, float | str] | None:
+        """Re-cluster when due: embed every training image (all ranks), cluster on rank 0's copy of
+        the gathered features, share the result."""
+        if not self.due(epoch):
+            return None
+        features, indices = embed()
+        stats = self.cluster(features, indices, epoch, seed=self.seed)
+        self.broadcast()
+        return {"event": "hirl_cluster", "epoch": epoch, "images": int(indices.unique().numel()), **stats}
+
+    def extra_metrics(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Purity of the nearest prototype per level against the validation labels."""
+        if not self.active:
+            return {}
+        nearest = self.concepts.nearest(features.to(self.paths.device)).cpu()
+        return {f"hirl_purity_l{lv + 1}": purity(nearest[:, lv], labels) for lv in range(nearest.shape[1])}
 
     @torch.no_grad()
     def cluster(self, features: torch.Tensor, indices: torch.Tensor, epoch: int, seed: int = 0) -> dict[str, float]:

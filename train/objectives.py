@@ -1,5 +1,8 @@
-"""Training objectives. Each is an ``nn.Module`` whose forward takes a batch and returns a dict with
-``loss`` (and whatever else is worth logging); the backbone stays an ordinary classifier inside.
+"""Training objectives. Each is an :class:`Objective` (an ``nn.Module``) whose forward takes a batch
+and returns a dict with ``loss`` (and whatever else is worth logging); the backbone stays an
+ordinary classifier inside. The engine calls three hooks, so it never asks which objective it runs:
+:meth:`Objective.on_epoch_start` (e.g. HIRL's re-clustering), :meth:`Objective.on_step` (e.g. the
+MoCo momentum schedule) and :meth:`Objective.extra_metrics` (validation numbers of its own).
 
 - :class:`Supervised`: DeiT-style cross-entropy with label smoothing and mixup / cutmix (timm's
   Mixup maths; cutmix also cuts and pastes the superpixel maps).
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -24,7 +28,11 @@ import cast
 
 from . import distributed as D
 
-__all__ = ["Supervised", "MoCoV3", "SuperpixelMixup", "encode", "takes_superpixels"]
+__all__ = ["Objective", "Supervised", "MoCoV3", "SuperpixelMixup", "encode", "takes_superpixels", "Embedder"]
+
+# Embeds every image of the objective's clustering bank on every rank and gathers the result:
+# ``() -> (features [N, D], dataset indices [N])``.
+Embedder = Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
 
 def takes_superpixels(model: nn.Module) -> bool:
@@ -77,7 +85,24 @@ def _compact(sp: torch.Tensor) -> torch.Tensor:
     return out
 
 
-class Supervised(nn.Module):
+class Objective(nn.Module):
+    """Base of the objectives: ``forward(batch) -> {"loss": ..., ...}`` plus the engine's hooks."""
+
+    def on_epoch_start(self, epoch: int, embed: Embedder) -> dict[str, float | str] | None:
+        """Called before the first batch of every epoch (also after a resume); a returned dict is
+        logged (its ``"event"`` entry names the record)."""
+        return None
+
+    def on_step(self, progress: float) -> None:
+        """Called before every micro-batch with the training progress in [0, 1]."""
+
+    def extra_metrics(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Validation metrics of the objective's own, from the backbone features ``[N, D]`` of the
+        validation images and their labels ``[N]`` (self-supervised validation only)."""
+        return {}
+
+
+class Supervised(Objective):
     """Cross-entropy on the model's logits; batch = ``(images, superpixels, labels)``."""
 
     def __init__(self, model: nn.Module, num_classes: int, mixup: float = 0.0, cutmix: float = 0.0,
@@ -123,7 +148,7 @@ def _mlp(num_layers: int, in_dim: int, hidden: int, out_dim: int, last_bn: bool 
     return nn.Sequential(*layers)
 
 
-class MoCoV3(nn.Module):
+class MoCoV3(Objective):
     """MoCo-v3 around a headless backbone; batch = ``(x1, sp1, x2, sp2, labels)``."""
 
     def __init__(self, model: nn.Module, dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
@@ -143,6 +168,9 @@ class MoCoV3(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return _prefixed_no_weight_decay("model.", self.model)
+
+    def on_step(self, progress: float) -> None:
+        self.set_momentum(progress)
 
     def set_momentum(self, progress: float) -> float:
         """Cosine schedule from the base momentum to 1 over training (``progress`` in [0, 1])."""

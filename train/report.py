@@ -108,10 +108,12 @@ def plot_gallery(models: list[str], data_spec: str, path: Path, n: int = 4, imag
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .evaluate import load_eval_data, make_segmenter
+    import cast
+
+    from .evaluate import load_eval_data
 
     data = load_eval_data(data_spec, n=n, image_size=image_size)
-    segs = [(Path(m).name, make_segmenter(m)) for m in models]
+    segs = [(Path(m).name, cast.load_segmenter(m)) for m in models]
     cols = 1 + 4 * len(segs)
     fig, axes = plt.subplots(n, cols, figsize=(cols * 1.3, n * 1.4))
     axes = np.atleast_2d(axes)
@@ -120,7 +122,7 @@ def plot_gallery(models: list[str], data_spec: str, path: Path, n: int = 4, imag
         axes[i, 0].imshow(image)
         axes[i, 0].set_title(data.classes[label], fontsize=7)
         for j, (name, seg) in enumerate(segs):
-            tree = seg.segment(image)
+            tree = seg(image)
             for lv in range(4):
                 ax = axes[i, 1 + 4 * j + lv]
                 ax.imshow(colorize(tree.label_maps[lv], image, seed=lv))

@@ -1,7 +1,21 @@
-"""Model definitions (``nn.Module``s only). Importing this registers the CAST variants with timm."""
+"""Model definitions (``nn.Module``s and their timm registration only; no loading code).
 
-from .cast import CAST, VARIANTS, CastOutput, GraphPooling, checkpoint_filter_fn, infer_model_args
+- :mod:`.layers`: blocks shared by the families (ConvStem, LayerNorm, sin-cos positions);
+- :mod:`.cast`: CAST, registered as ``cast_tiny``, ``cast_small``, ``cast_small_deep``, ``cast_base``,
+  ``cast_base_deep`` (with the published weights as pretrained tags, e.g. ``cast_small.deit_in1k``);
+- :mod:`.vit_conv`: MoCo-v3's conv-stem ViT baseline, ``vit_conv_small`` / ``vit_conv_base``;
+- :mod:`.convert`: what the families' ``checkpoint_filter_fn`` share;
+- :mod:`.hub_mixin`: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` in our own format.
+
+Importing this package registers every model with timm.
+"""
+
+from .cast import CAST, VARIANTS, CastOutput, GraphPooling, checkpoint_filter_fn, infer_model_args, variant_of
+from .vit_conv import VIT_VARIANTS, ConvStemViT
 
 MODEL_NAMES = tuple(VARIANTS)
 
-__all__ = ["CAST", "CastOutput", "GraphPooling", "checkpoint_filter_fn", "infer_model_args", "MODEL_NAMES", "VARIANTS"]
+__all__ = [
+    "CAST", "CastOutput", "GraphPooling", "ConvStemViT", "checkpoint_filter_fn", "infer_model_args", "variant_of",
+    "MODEL_NAMES", "VARIANTS", "VIT_VARIANTS",
+]

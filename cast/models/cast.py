@@ -4,13 +4,15 @@ Ke, Mo, Yu, "Learning Hierarchical Image Segmentation For Recognition and By Rec
 ICLR 2024. Layout of this file (timm style): building blocks, the model, checkpoint
 conversion, the registered size variants.
 
-State-dict keys and shapes equal those of the published checkpoints
-(``shared/spec/official_state_dict_keys.json``), so the published weights load with
-``strict=True`` after :func:`checkpoint_filter_fn`.
+State-dict keys and shapes equal those of the published checkpoints (the layouts are listed in
+``tests/data/official_state_dict_keys.json``), so the published weights load with ``strict=True``
+after :func:`checkpoint_filter_fn`. The architecture facts the code relies on are collected in
+``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -20,15 +22,18 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from timm.layers import Attention, trunc_normal_
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.vision_transformer import Block
 
-from ..errors import CheckpointMismatchError
 from ..ops import farthest_point_sample, segment_mean
+from ..superpixels import SEEDS_DEIT, SEEDS_MOCO
+from ..weights import IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, ModelInfo, PublishedWeights, default_class_names
+from .convert import check_fits, unwrap_training_file
+from .hub_mixin import OwnFormatMixin
+from .layers import ConvStem, layer_norm, sincos_pos_embed_2d
 
-__all__ = ["CAST", "CastOutput", "ConvStem", "GraphPooling", "checkpoint_filter_fn", "CheckpointMismatchError"]
+__all__ = ["CAST", "CastOutput", "GraphPooling", "checkpoint_filter_fn", "infer_model_args", "variant_of", "VARIANTS"]
 
 POOL_HEADS = 12  # the published graph pooling attention always has 12 heads
 ASSIGN_SCALE = 5.0  # cosine similarity -> assignment logits
@@ -37,34 +42,6 @@ ASSIGN_SCALE = 5.0  # cosine similarity -> assignment logits
 # ---------------------------------------------------------------------------------------------
 # Building blocks
 # ---------------------------------------------------------------------------------------------
-
-
-class ConvStem(nn.Module):
-    """Stride-8 convolutional stem: 4 x (3x3 conv, BN, ReLU) with strides 2, 2, 2, 1, then 1x1 conv.
-
-    Channels go ``C/8 -> C/4 -> C/2 -> C -> C``. Input ``[B, 3, H, W]``; output ``[B, H/8, W/8, C]``
-    (channels last, the grid that segment tokens are pooled from).
-    """
-
-    def __init__(self, in_chans: int = 3, embed_dim: int = 384) -> None:
-        super().__init__()
-        if embed_dim % 8:
-            raise ValueError(f"embed_dim must be divisible by 8 for the ConvStem, got {embed_dim}")
-        layers: list[nn.Module] = []
-        c_in, c_out = in_chans, embed_dim // 8
-        for stride in (2, 2, 2, 1):
-            layers += [
-                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-            ]
-            c_in, c_out = c_out, c_out * 2
-        layers.append(nn.Conv2d(c_in, embed_dim, 1))
-        self.proj = nn.Sequential(*layers)  # keys proj.{0,1,3,4,6,7,9,10,12}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channels-last convolutions are faster on CPU and GPU, and make the permute free
-        return self.proj(x.contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
 
 
 class CentroidBlock(nn.Module):
@@ -95,7 +72,7 @@ class PoolResult:
 
 
 class GraphPooling(nn.Module):
-    """Merge ``N`` tokens into ``num_clusters`` segment tokens (CAST_FACTS §2.5).
+    """Merge ``N`` tokens into ``num_clusters`` segment tokens (the paper's graph pooling).
 
     Centroids are chosen by farthest point sampling on the raw token features; every token is
     softly assigned to the centroids by cosine similarity of ``centroid_fc`` features; a segment
@@ -158,18 +135,6 @@ class Pooling(nn.Module):
         return self.pool_block(cls_token, x, padding)
 
 
-def sincos_pos_embed_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sine-cosine embedding ``[1, h*w, dim]`` in the MoCo-v3 layout (width-major grid)."""
-    if dim % 4:
-        raise ValueError(f"embed_dim must be divisible by 4 for sin-cos position embedding, got {dim}")
-    h, w = grid
-    gw, gh = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32), indexing="ij")
-    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
-    out_w = gw.flatten()[:, None] * omega[None]
-    out_h = gh.flatten()[:, None] * omega[None]
-    return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
-
-
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
@@ -189,13 +154,15 @@ class CastOutput:
     segments: list[torch.Tensor]  # 4 x [B, H, W] long, centroid index of each pixel's level-l segment
     token_labels: list[torch.Tensor]  # 4 x [B, S] long, the same per superpixel token
     segment_tokens: list[torch.Tensor]  # 4 x [B, K_l, C] most processed feature of each level-l segment
+    segment_features: list[torch.Tensor]  # 4 x [B, K_l, C] the same after ``norm`` (the head's input space)
+    segment_logits: list[torch.Tensor] | None  # 4 x [B, K_l, num_classes]: each segment's own token -> head
     padding: torch.Tensor  # [B, S] bool, superpixel ids with no cell on the feature grid
     features: torch.Tensor  # [B, C] final [CLS] feature (after ``norm``)
 
 
 class CAST(
     nn.Module,
-    PyTorchModelHubMixin,
+    OwnFormatMixin,
     library_name="cast-explorer",
     tags=["image-classification", "image-segmentation", "cast"],
     repo_url="https://github.com/twke18/CAST",
@@ -208,7 +175,7 @@ class CAST(
 
     def __init__(
         self,
-        img_size: int = 224,
+        img_size: int | tuple[int, int] = 224,
         patch_size: int = 8,
         in_chans: int = 3,
         num_classes: int = 1000,
@@ -223,6 +190,10 @@ class CAST(
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        if isinstance(img_size, (tuple, list)):  # timm passes (H, W) from a fixed-size pretrained cfg
+            if img_size[0] != img_size[1]:
+                raise ValueError(f"CAST takes square inputs, got img_size={tuple(img_size)}")
+            img_size = int(img_size[0])
         if patch_size != 8:
             raise ValueError("CAST's ConvStem has stride 8; patch_size must be 8")
         if len(depths) != 4 or len(num_clusters) != 4:
@@ -260,7 +231,7 @@ class CAST(
         dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # stochastic depth ramp
         self.blocks = nn.Sequential(
             *[
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_layer=_layer_norm)
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_layer=layer_norm)
                 for i in range(sum(depths))
             ]
         )
@@ -357,14 +328,13 @@ class CAST(
         return self.forward_head(self.forward_features(images, superpixels))
 
     def forward_hierarchy(self, images: torch.Tensor, superpixels: torch.Tensor) -> CastOutput:
-        """One pass that also returns the segmentation tree and per-level predictions."""
+        """One pass that also returns the segmentation tree and per-level and per-segment predictions
+        (see :class:`CastOutput` for shapes)."""
         x, cls, padding = self.embed_segments(images, superpixels)
         input_padding = padding
         level_cls: list[torch.Tensor] = []
-        assign_logits: list[torch.Tensor] = []
-        centroid_index: list[torch.Tensor] = []
         stage_tokens: list[torch.Tensor] = []
-        pooled_tokens: list[torch.Tensor] = []
+        pooled: list[PoolResult] = []
         final = None
         for blocks, pool in self.stages:
             y = blocks(torch.cat([cls, x], dim=1))
@@ -372,79 +342,60 @@ class CAST(
             stage_tokens.append(y[:, 1:])
             final = y
             r = pool(y[:, :1], y[:, 1:], padding)
-            assign_logits.append(r.assign_logits)
-            centroid_index.append(r.centroid_index)
-            pooled_tokens.append(r.tokens)
+            pooled.append(r)
             cls, x, padding = r.cls_token, r.tokens, None
         assert final is not None
         features = self.norm(final)[:, 0]
-        has_head = isinstance(self.head, nn.Linear)
-        level_logits = [self.head(self.norm(c)) for c in level_cls] if has_head else None
-        logits = self.head(features) if has_head else None
-
-        # Readout (CAST_FACTS §4): compose the hard assignments from level 1 upwards.
-        token_labels: list[torch.Tensor] = []
-        current = assign_logits[0].argmax(-1)  # [B, S] -> level-1 centroid
-        token_labels.append(current)
-        for logits_l in assign_logits[1:]:
-            current = torch.gather(logits_l.argmax(-1), 1, current)
-            token_labels.append(current)
+        assign_logits = [r.assign_logits for r in pooled]
+        token_labels = compose_assignments(assign_logits)
         flat_sp = superpixels.reshape(superpixels.shape[0], -1)
-        segments = [torch.gather(t, 1, flat_sp).reshape(superpixels.shape) for t in token_labels]
         # A level-l segment is best described by its token after the next stage's blocks; level 4
         # has no next stage, so its pooled token is used.
-        segment_tokens = stage_tokens[1:] + [pooled_tokens[3]]
+        segment_tokens = stage_tokens[1:] + [pooled[3].tokens]
+        segment_features = [self.norm(t) for t in segment_tokens]
+        has_head = isinstance(self.head, nn.Linear)
         return CastOutput(
-            logits=logits,
-            level_logits=level_logits,
+            logits=self.head(features) if has_head else None,
+            level_logits=[self.head(self.norm(c)) for c in level_cls] if has_head else None,
             assign_logits=assign_logits,
-            centroid_index=centroid_index,
-            segments=segments,
+            centroid_index=[r.centroid_index for r in pooled],
+            segments=[torch.gather(t, 1, flat_sp).reshape(superpixels.shape) for t in token_labels],
             token_labels=token_labels,
             segment_tokens=segment_tokens,
+            segment_features=segment_features,
+            segment_logits=[self.head(f) for f in segment_features] if has_head else None,
             padding=input_padding,
             features=features,
         )
 
-    # -- Hub mixin -------------------------------------------------------------------------
-    def _save_pretrained(self, save_directory: Any) -> None:  # ModelHubMixin hook
-        from ..hub import save_own_format  # local import: hub imports this module
-
-        save_own_format(self, save_directory)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
-                         local_files_only: bool, token: Any, config: dict | None = None, **model_kwargs: Any) -> CAST:
-        from ..hub import load_own_format
-
-        return load_own_format(model_id, revision=revision, cache_dir=cache_dir, force_download=force_download,
-                               local_files_only=local_files_only, token=token, overrides=model_kwargs)
+    # -- metadata --------------------------------------------------------------------------
+    def default_info(self) -> ModelInfo:
+        """Metadata of a model that was built rather than loaded (the loaders attach ``info``)."""
+        arch = getattr(self, "pretrained_cfg", {}).get("architecture") or variant_of(self.model_args) or "cast"
+        sincos = self.pos_embed_type == "sincos"
+        return ModelInfo(
+            name=arch, family="cast-explorer" if sincos else "deit", superpixels=SEEDS_MOCO if sincos else SEEDS_DEIT,
+            input_size=self.img_size, class_names=default_class_names(self.num_classes),
+        )
 
 
-def _layer_norm(dim: int, **kwargs: Any) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6, **kwargs)
+def compose_assignments(assign_logits: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tree readout: per level, the centroid each input token ends up in (``[B, S]`` long).
+
+    Level-l hard assignment = argmax of that pooling's logits; composing them from level 1 upwards
+    makes the levels nest by construction.
+    """
+    current = assign_logits[0].argmax(-1)  # [B, S] -> level-1 centroid
+    out = [current]
+    for logits in assign_logits[1:]:
+        current = torch.gather(logits.argmax(-1), 1, current)
+        out.append(current)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoint conversion
 # ---------------------------------------------------------------------------------------------
-
-_MOCO_PREFIX = "module.base_encoder."
-
-
-def _unwrap(obj: Any) -> dict[str, torch.Tensor]:
-    """Find the backbone state dict inside whatever ``torch.load`` returned for a published file."""
-    if not isinstance(obj, Mapping):
-        raise CheckpointMismatchError(f"expected a dict from the checkpoint file, got {type(obj).__name__}")
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # MoCo-v3 training file
-        sd = obj["state_dict"]
-        if any(k.startswith(_MOCO_PREFIX) for k in sd):
-            return {k[len(_MOCO_PREFIX):]: v for k, v in sd.items()
-                    if k.startswith(_MOCO_PREFIX) and not k[len(_MOCO_PREFIX):].startswith("head.")}
-        return {k.removeprefix("module."): v for k, v in sd.items()}
-    if "model" in obj and isinstance(obj["model"], Mapping):  # DeiT training file
-        return {k.removeprefix("module."): v for k, v in obj["model"].items()}
-    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def checkpoint_filter_fn(obj: Any, model: CAST | None = None) -> dict[str, torch.Tensor]:
@@ -453,29 +404,10 @@ def checkpoint_filter_fn(obj: Any, model: CAST | None = None) -> dict[str, torch
     With ``model`` given, keys and shapes are checked against it and any mismatch raises
     :class:`CheckpointMismatchError` naming the keys; the result then loads with ``strict=True``.
     """
-    sd = {k: v for k, v in _unwrap(obj).items() if isinstance(v, torch.Tensor)}
-    if model is None:
-        return sd
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    wrong_shape = sorted(k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)
-    if missing or unexpected or wrong_shape:
-        parts = []
-        if missing:
-            parts.append(f"missing {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_short(unexpected)}")
-        if wrong_shape:
-            shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong_shape]
-            parts.append("wrong shape " + _short(shapes))
-        raise CheckpointMismatchError("checkpoint does not fit the model: " + "; ".join(parts))
+    sd = unwrap_training_file(obj)
+    if model is not None:
+        check_fits(sd, model)
     return sd
-
-
-def _short(keys: list[str], limit: int = 8) -> str:
-    more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 def infer_model_args(sd: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -509,45 +441,76 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "cast_base_deep": dict(embed_dim=768, depths=(6, 3, 3, 3), num_heads=12, num_clusters=(64, 32, 16, 8)),
 }
 
-_TIMM_ONLY_KWARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "device", "dtype")
+
+
+def variant_of(model_args: Mapping[str, Any]) -> str | None:
+    """The registered variant with this width and these depths (None when none matches)."""
+    for name, v in VARIANTS.items():
+        if v["embed_dim"] == model_args["embed_dim"] and tuple(v["depths"]) == tuple(model_args["depths"]):
+            return name
+    return None
+
+
+def _cfg(weights: PublishedWeights | None = None, **kwargs: Any) -> dict[str, Any]:
+    """timm pretrained cfg of a variant; with ``weights``, where its published file lives."""
+    cfg: dict[str, Any] = dict(
+        input_size=(3, 224, 224), fixed_input_size=True, crop_pct=1.0, crop_mode="center", interpolation="bilinear",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, first_conv="patch_embed.proj.0", classifier="head",
+        paper_ids="arXiv:2210.00314", paper_name="Learning Hierarchical Image Segmentation For Recognition and By Recognition",
+        origin_url="https://github.com/twke18/CAST",
+    )
+    if weights is not None:
+        cfg.update(hf_hub_id=weights.hub_repo, hf_hub_filename=weights.hub_file, num_classes=weights.num_classes)
+    return {**cfg, **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "cast_tiny": _cfg(),  # ours: no published weights (the bundled model is loaded by cast.load_model("bundled"))
+    **{w.name: _cfg(w) for w in PUBLISHED.values() if w.arch in VARIANTS},
+    "cast_base_deep": _cfg(),
+})
 
 
 def _create_cast(variant: str, pretrained: bool = False, **kwargs: Any) -> CAST:
-    for key in _TIMM_ONLY_KWARGS:
+    """Build a variant through timm (``build_model_with_cfg``); the pretrained tag picks the head and
+    the position-embedding kind its weights need (the caller's kwargs win)."""
+    for key in ("device", "dtype"):
         kwargs.pop(key, None)
-    model = CAST(**kwargs)
-    model.default_cfg = model.pretrained_cfg = {
-        "architecture": variant, "input_size": (3, model.img_size, model.img_size),
-        "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "num_classes": model.num_classes,
-    }
-    if pretrained:
-        from ..hub import load_published_into  # local import: hub imports this module
-
-        load_published_into(model, variant)
+    if kwargs.get("features_only"):
+        raise NotImplementedError(f"{variant} does not support features_only yet; use forward_hierarchy")
+    tag = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg")).tag
+    weights = PUBLISHED.get(f"{variant}.{tag}") if tag else None
+    kwargs = {**VARIANTS[variant], **(weights.model_kwargs() if weights else {}), **kwargs}
+    # The published DeiT files carry their training arguments as an argparse.Namespace; allow that
+    # one plain-data class in timm's weights_only unpickling, nothing else.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        model = build_model_with_cfg(CAST, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    if pretrained and weights is not None:
+        model.info = weights.info()
     return model
 
 
 @register_model
 def cast_tiny(pretrained: bool = False, **kwargs: Any) -> CAST:
     """Ours, for CPU-scale training: cast_small's layout at half width (192, 3 heads)."""
-    return _create_cast("cast_tiny", pretrained, **dict(VARIANTS["cast_tiny"], **kwargs))
+    return _create_cast("cast_tiny", pretrained, **kwargs)
 
 
 @register_model
 def cast_small(pretrained: bool = False, **kwargs: Any) -> CAST:
-    return _create_cast("cast_small", pretrained, **dict(VARIANTS["cast_small"], **kwargs))
+    return _create_cast("cast_small", pretrained, **kwargs)
 
 
 @register_model
 def cast_small_deep(pretrained: bool = False, **kwargs: Any) -> CAST:
-    return _create_cast("cast_small_deep", pretrained, **dict(VARIANTS["cast_small_deep"], **kwargs))
+    return _create_cast("cast_small_deep", pretrained, **kwargs)
 
 
 @register_model
 def cast_base(pretrained: bool = False, **kwargs: Any) -> CAST:
-    return _create_cast("cast_base", pretrained, **dict(VARIANTS["cast_base"], **kwargs))
+    return _create_cast("cast_base", pretrained, **kwargs)
 
 
 @register_model
 def cast_base_deep(pretrained: bool = False, **kwargs: Any) -> CAST:
-    return _create_cast("cast_base_deep", pretrained, **dict(VARIANTS["cast_base_deep"], **kwargs))
+    return _create_cast("cast_base_deep", pretrained, **kwargs)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from app.config import AppConfig
-
-ABSENT_MODEL = "cast_base.mocov3_in1k"  # never put in the test Hub cache: stands for "the Hub is unreachable"
+from tests.app.helpers import ABSENT_MODEL, add_concepts, app_config, free_port
+from tests.helpers import bomb_png, encoded
 
 
 @pytest.fixture(scope="session")
@@ -31,31 +27,6 @@ def models_dir(tmp_path_factory, tiny_model_dir) -> Path:
     return root
 
 
-def add_concepts(folder: Path, dim: int = 48, counts: tuple[int, ...] = (6, 3, 2)) -> None:
-    """Give a model folder a (random) HIRL concept hierarchy with thumbnails, as export writes it."""
-    import torch
-
-    from cast.concepts import ConceptHierarchy, save_concepts
-
-    torch.manual_seed(0)
-    concepts = ConceptHierarchy(dim, list(counts), hidden=32)
-    for lv, m in enumerate(counts):
-        getattr(concepts, f"prototypes_{lv}").copy_(torch.nn.functional.normalize(torch.randn(m, dim), dim=1))
-        if lv + 1 < len(counts):
-            getattr(concepts, f"parents_{lv}").copy_(torch.arange(m) % counts[lv + 1])
-    thumbs = {(lv + 1, k): [encoded(Image.new("RGB", (16, 16), (40 * k, 80, 120)), "JPEG")]
-              for lv, m in enumerate(counts) for k in range(m)}
-    save_concepts(concepts, folder, thumbs)
-
-
-def app_config(tmp: Path, models_dir: Path, **overrides) -> AppConfig:
-    cfg = AppConfig(default_model="bundled", models_dir=models_dir, precompute_examples=False, temp_dir=tmp,
-                    max_models=3, threads=0)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
 @pytest.fixture(scope="session")
 def explorer(tmp_path_factory, models_dir):
     from app.service import Explorer
@@ -63,12 +34,6 @@ def explorer(tmp_path_factory, models_dir):
     ex = Explorer(app_config(tmp_path_factory.mktemp("explorer"), models_dir))
     yield ex
     ex.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -89,23 +54,6 @@ def app_server(tmp_path_factory, models_dir):
 
 
 # -- bad uploads -------------------------------------------------------------------------------
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
-    """A tiny PNG whose header claims ``width x height`` pixels (1.6 GP by default)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
-
-
-def encoded(img: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    return buf.getvalue()
-
 
 @pytest.fixture(scope="session")
 def uploads(tmp_path_factory, photo) -> dict[str, Path]:

@@ -15,8 +15,9 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from cast.hierarchy import SCHEMA_NAME, SCHEMA_VERSION
+from tests.app.helpers import ABSENT_MODEL
 
-from .conftest import ABSENT_MODEL
+pytestmark = pytest.mark.slow  # a launched server
 
 OUTPUTS = ["overlay", "tree", "panel", "level_predictions", "json_file", "labels_zip", "overlay_file", "hierarchy", "status",
            "concepts"]
@@ -159,8 +160,7 @@ def test_a_full_queue_answers_busy(tmp_path, models_dir, uploads):
     """A bounded queue refuses instead of piling up (the browser then shows Gradio's "This
     application is currently busy" message); a queue of size 0 makes that deterministic."""
     from app import create_app, launch_kwargs
-
-    from .conftest import app_config, free_port
+    from tests.app.helpers import app_config, free_port
 
     cfg = app_config(tmp_path, models_dir, queue_size=0)
     demo, explorer = create_app(cfg)

@@ -9,9 +9,8 @@ import pytest
 import cast
 from app.service import Explorer, ModelStore
 from cast.weights import PUBLISHED
+from tests.app.helpers import ABSENT_MODEL, app_config
 from tests.helpers import populate_hub_cache, random_state_dict, write_deit_file
-
-from .conftest import ABSENT_MODEL, app_config
 
 
 def test_selector_lists_published_bundled_and_own_folders(explorer, models_dir):
@@ -26,14 +25,14 @@ def test_selector_lists_published_bundled_and_own_folders(explorer, models_dir):
 def test_models_load_once_are_bounded_and_failures_are_clear(tmp_path, models_dir):
     store = ModelStore(app_config(tmp_path, models_dir, max_models=1))
     folder = str((models_dir / "my_cast").resolve())
-    first = store.predictor("bundled")
-    assert store.predictor("bundled") is first  # cached
-    assert isinstance(store.predictor(folder), cast.Predictor)
+    first = store.segmenter("bundled")
+    assert store.segmenter("bundled") is first  # cached
+    assert isinstance(store.segmenter(folder), cast.Predictor)
     assert store.loaded() == [folder]  # bounded: the least recently used model was dropped
     with pytest.raises(cast.CastLoadError, match="unknown model"):
-        store.predictor("/etc")  # only listed models can be asked for
+        store.segmenter("/etc")  # only listed models can be asked for
     with pytest.raises(cast.CastLoadError, match="not in the local Hub cache"):
-        store.predictor(ABSENT_MODEL)
+        store.segmenter(ABSENT_MODEL)
     assert store.loaded() == [folder]  # a failed load leaves the loaded model in place
 
 
@@ -46,7 +45,7 @@ def test_default_is_the_published_model_when_the_hub_cache_has_it(tmp_path, mode
     ex = Explorer(app_config(tmp_path / "ex", models_dir, default_model="cast_small.deit_in1k"))
     try:
         assert ex.default == "cast_small.deit_in1k" and ex.notice is None
-        assert ex.models.predictor(ex.default).info.weights == "cast_small.deit_in1k"
+        assert ex.models.segmenter(ex.default).info.weights == "cast_small.deit_in1k"
     finally:
         ex.close()
         if previous is None:

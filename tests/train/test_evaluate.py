@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import cast
-from cast.baselines import ConvStemViT, ViTKMeansSegmenter, hierarchical_kmeans
+from cast.baselines import ViTKMeansSegmenter
+from cast.clustering import hierarchical_kmeans
+from cast.models import ConvStemViT
 from train.metrics import boundary_f, consistency, miou, oracle_labels
 
 
@@ -56,7 +58,7 @@ def test_hierarchical_kmeans_nests_and_counts():
 
 
 def test_vit_kmeans_segmenter_gives_a_valid_hierarchy(photo):
-    from tests.test_predictor import check_invariants
+    from tests.helpers import check_invariants
 
     model = ConvStemViT(img_size=64, embed_dim=48, depth=1, num_heads=2, num_classes=3).eval()
     info = cast.ModelInfo(name="vit_conv_small", family="test", input_size=64, class_names=["a", "b", "c"])
@@ -83,7 +85,7 @@ def tiny_models(tmp_path_factory):
     """A tiny CAST and a tiny timm ViT in our format, both with the 10 PartShapes classes."""
     import timm
 
-    from cast.hub import save_own_format
+    from cast.loading import save_own_format
     from cast.superpixels import SuperpixelSettings
     from train.data.partshapes import CLASSES
 
@@ -94,13 +96,14 @@ def tiny_models(tmp_path_factory):
     sp = SuperpixelSettings("seeds", 40, {"histogram_bins": 5, "num_iterations": 4})
     c.info = cast.ModelInfo(name="cast_tiny", family="test", superpixels=sp, input_size=64, class_names=list(CLASSES))
     save_own_format(c, root / "cast")
-    v = cast.hub.build_model("vit_tiny_patch16_224", img_size=64, num_classes=len(CLASSES)).eval()
+    v = cast.loading.build_model("vit_tiny_patch16_224", img_size=64, num_classes=len(CLASSES)).eval()
     v.info = cast.ModelInfo(name="vit_tiny_patch16_224", family="test", superpixels=sp, input_size=64,
                             class_names=list(CLASSES))
     save_own_format(v, root / "vit", dtype=torch.float16)
     return root
 
 
+@pytest.mark.slow  # full evaluation runs
 def test_evaluate_cast_and_vit_end_to_end(tiny_models, tmp_path):
     from train.evaluate import evaluate, format_table, load_eval_data
     from train.report import write_report
@@ -130,6 +133,7 @@ def test_evaluate_cast_and_vit_end_to_end(tiny_models, tmp_path):
     assert (tmp_path / "figures" / "gallery.png").stat().st_size > 1000
 
 
+@pytest.mark.slow  # full evaluation runs
 def test_evaluate_on_an_exported_folder(tiny_models, tmp_path):
     from train.data.partshapes import export
     from train.evaluate import evaluate, load_eval_data

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import cast
-from cast.baselines import kmeans_tree
+from cast.clustering import kmeans_tree
 from cast.concepts import load_concepts
 from train.config import ConfigError, load_config
 from train.engine import fit
@@ -112,6 +112,7 @@ def hirl_run(tmp_path_factory):
     return Path(summary["run_dir"])
 
 
+@pytest.mark.slow  # a training run (the hirl_run fixture)
 def test_training_clusters_after_warmup_and_logs_purity(hirl_run):
     records = read_metrics(hirl_run)
     clusters = [r for r in records if r.get("event") == "hirl_cluster"]
@@ -123,6 +124,7 @@ def test_training_clusters_after_warmup_and_logs_purity(hirl_run):
     assert ckpt["model"]["concepts.prototypes_2"].shape == (2, 48)
 
 
+@pytest.mark.slow  # a training run (the hirl_run fixture)
 def test_resume_continues_with_the_saved_prototypes(hirl_run, tmp_path):
     """Stopped after two of three epochs, then resumed: the same prototypes and losses as the
     uninterrupted run (the third epoch starts by clustering again, from the restored state)."""
@@ -140,6 +142,7 @@ def test_resume_continues_with_the_saved_prototypes(hirl_run, tmp_path):
     assert resumed_losses[max(losses)] == pytest.approx(losses[max(losses)], rel=1e-5)
 
 
+@pytest.mark.slow  # torchrun
 def test_torchrun_two_processes_gather_every_image(tmp_path):
     args = ["--standalone", "--nproc_per_node", "2", "-m", "train", "fit", "--config",
             str(CONFIGS / "partshapes_hirl_cast_tiny.yaml")]
@@ -155,6 +158,7 @@ def test_torchrun_two_processes_gather_every_image(tmp_path):
     assert (ckpt["model"]["paths"] >= 0).all()
 
 
+@pytest.mark.slow  # a training run (the hirl_run fixture)
 def test_export_then_predict_gives_concept_paths(hirl_run, tmp_path, photo):
     out = export_run(hirl_run, tmp_path / "exported", which="last")
     concepts = load_concepts(out)
@@ -178,6 +182,7 @@ def test_export_then_predict_gives_concept_paths(hirl_run, tmp_path, photo):
     assert cast.Predictor("bundled")(np.asarray(photo)).concepts is None
 
 
+@pytest.mark.slow  # a training run (the hirl_run fixture)
 def test_concepts_evaluation_of_hirl_and_plain_models(hirl_run, tmp_path, tiny_model_dir):
     from train.concepts_eval import run
 
@@ -195,6 +200,7 @@ def test_concepts_evaluation_of_hirl_and_plain_models(hirl_run, tmp_path, tiny_m
     assert json.loads((tmp_path / "out" / "hirl_model.json").read_text())["n"] == 20
 
 
+@pytest.mark.slow  # a training run (the hirl_run fixture)
 def test_concepts_load_from_an_offline_hub_repo(hirl_run, tmp_path, hub_cache, photo):
     from tests.helpers import populate_hub_cache
 
@@ -206,6 +212,6 @@ def test_concepts_load_from_an_offline_hub_repo(hirl_run, tmp_path, hub_cache, p
     assert predictor.concepts is not None and predictor.concepts.num_prototypes == [8, 4, 2]
     tree = predictor(photo)
     assert all(Path(t).is_file() for step in tree.concepts for t in step.thumbnails)
-    from cast.concepts import hub_concepts_folder
+    from cast.loading import load_concepts_of
 
-    assert hub_concepts_folder("someone/not-in-the-cache") is None  # offline and absent: no concepts, no error
+    assert load_concepts_of("someone/not-in-the-cache") is None  # offline and absent: no concepts, no error

@@ -80,6 +80,7 @@ def test_one_cpu_step_of_each_objective(tmp_path, config, extra):
         assert all(not p.requires_grad for p in trainer.objective.momentum_model.parameters())
 
 
+@pytest.mark.slow  # training runs
 def test_supervised_validation_and_best_checkpoint(tmp_path):
     from train.engine import fit
 
@@ -92,6 +93,7 @@ def test_supervised_validation_and_best_checkpoint(tmp_path):
     assert (Path(summary["run_dir"]) / "best.pt").is_file()
 
 
+@pytest.mark.slow  # training runs
 def test_moco_knn_validation(tmp_path):
     from train.engine import fit
 
@@ -101,6 +103,7 @@ def test_moco_knn_validation(tmp_path):
     assert 0.0 <= epoch["knn_top1"] <= 1.0
 
 
+@pytest.mark.slow  # torchrun
 def test_torchrun_two_processes_gloo(tmp_path):
     args = ["--standalone", "--nproc_per_node", "2", "-m", "train", "fit", "--config",
             str(CONFIGS / "partshapes_cast_tiny.yaml")]
@@ -119,6 +122,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert sum(1 for rec in read_metrics(run_dir) if rec.get("event") == "start") == 1
 
 
+@pytest.mark.slow  # training runs
 def test_sigkill_then_resume_auto_repeats_the_same_losses(tmp_path):
     common = [*TINY, "schedule.epochs=3", "run.save_every_steps=2", "data.train_size=64"]  # 8 steps/epoch
     ref_dir, kill_dir = tmp_path / "ref", tmp_path / "kill"
@@ -178,6 +182,7 @@ def test_config_errors(tmp_path):
     assert cfg.optim.base_lr == 2e-3 and cfg.aug.scale == (0.3, 1.0) and cfg.run.name == "partshapes_cast_tiny"
 
 
+@pytest.mark.slow  # training runs
 def test_export_then_load_model_gives_identical_outputs(tmp_path):
     import timm
 
@@ -204,6 +209,7 @@ def test_export_then_load_model_gives_identical_outputs(tmp_path):
     assert tree.size == (451, 300)
 
 
+@pytest.mark.slow  # training runs
 def test_accumulation_ema_and_ema_export(tmp_path):
     from train.engine import Trainer
 

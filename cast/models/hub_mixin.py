@@ -1,0 +1,168 @@
+"""Our own weight format, as the models' ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
+
+A model folder (local or a Hub repo) holds ``config.json`` and ``model.safetensors``::
+
+    {"format": "cast-explorer", "format_version": 1, "architecture": "cast_tiny",
+     "model_args": {... the constructor arguments ...}, "info": {ModelInfo fields},
+     "weights_dtype": "float32" | "float16"}
+
+:class:`OwnFormatMixin` is huggingface_hub's ``PyTorchModelHubMixin`` speaking that format. This
+module only turns one model object into files and files back into that object's weights; finding
+the files (sources, friendly download errors, published checkpoints) is :mod:`cast.loading`'s job,
+which reuses the readers below.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+
+from ..errors import CheckpointFormatError, CheckpointMismatchError, WeightsNotAvailableError
+from ..weights import ModelInfo
+
+__all__ = [
+    "OwnFormatMixin", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_NAME", "FORMAT_VERSION",
+    "own_format_config", "write_own_format", "check_config", "read_config", "load_weights", "info_from_config",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_NAME = "cast-explorer"
+FORMAT_VERSION = 1
+INFO_FIELDS = frozenset(ModelInfo.__dataclass_fields__)
+
+
+def own_format_config(model: torch.nn.Module) -> dict[str, Any]:
+    """``config.json`` of a model: architecture, constructor arguments and metadata."""
+    info: ModelInfo = getattr(model, "info", None) or model.default_info()  # type: ignore[operator]
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "architecture": info.name,
+        "model_args": dict(model.model_args),  # type: ignore[arg-type]
+        "info": info.to_dict(),
+    }
+
+
+def write_own_format(model: torch.nn.Module, directory: str | os.PathLike[str], dtype: torch.dtype | None = None) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+    ``dtype`` (e.g. ``torch.float16``) stores floating-point weights at that precision, halving the
+    file; loading casts them back to the model's float32 parameters.
+    """
+    from safetensors.torch import save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    to_save = model
+    if dtype is not None:
+        to_save = copy.deepcopy(model)
+        for t in list(to_save.parameters()) + list(to_save.buffers()):
+            if t.is_floating_point():
+                t.data = t.data.to(dtype)
+    save_model(to_save, str(directory / WEIGHTS_NAME))
+    config = own_format_config(model)
+    config["weights_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
+    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    return directory
+
+
+def check_config(config: Any, where: str) -> dict[str, Any]:
+    """``config`` if it is one of ours that this library can read, else :class:`CheckpointFormatError`."""
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        raise CheckpointFormatError(f"{where}: not a {FORMAT_NAME} config (missing \"format\": \"{FORMAT_NAME}\")",
+                                    short=f"not a {FORMAT_NAME} model folder")
+    if int(config.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointFormatError(
+            f"{where}: format version {config['format_version']} is newer than this library reads ({FORMAT_VERSION})",
+            short="the model was saved by a newer version of this library",
+        )
+    return config
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a ``config.json``."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointFormatError(f"{path}: unreadable config.json ({e})") from None
+    return check_config(config, str(path))
+
+
+def load_weights(model: torch.nn.Module, weights_file: str | os.PathLike[str]) -> torch.nn.Module:
+    """Load ``model.safetensors`` into ``model``; every key must fit (strict), any dtype is cast."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+
+    name = type(model).__name__
+    try:
+        missing, unexpected = load_model(model, str(weights_file), strict=False)
+    except SafetensorError as e:
+        raise CheckpointFormatError(f"{weights_file}: unreadable safetensors file ({e})") from None
+    except RuntimeError as e:  # size mismatch
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else "size mismatch"
+        raise CheckpointMismatchError(f"{weights_file} does not fit {name}: {first}") from None
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{weights_file} does not fit {name}: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+        )
+    return model
+
+
+def info_from_config(config: dict[str, Any], model: torch.nn.Module, source: str,
+                     overrides: dict[str, Any] | None = None) -> ModelInfo:
+    """The :class:`ModelInfo` a config stores, with ``source`` and ``overrides`` applied and the
+    class names checked against the model's head."""
+    info = ModelInfo.from_dict({**config.get("info", {}), "name": str(config.get("architecture", ""))})
+    info = info.with_(source=source, **(overrides or {}))
+    num_classes = int(getattr(model, "num_classes", 0))
+    if info.class_names is not None and len(info.class_names) != num_classes:
+        raise CheckpointFormatError(f"{source}: {len(info.class_names)} class names for {num_classes} outputs")
+    return info
+
+
+def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(ModelInfo fields, constructor arguments)`` of a mixed set of keyword overrides."""
+    info = {k: v for k, v in overrides.items() if k in INFO_FIELDS}
+    model = {k: v for k, v in overrides.items() if k not in INFO_FIELDS}
+    return info, model
+
+
+class OwnFormatMixin(PyTorchModelHubMixin):
+    """``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (huggingface_hub) in our format.
+
+    Models using it set ``self.model_args`` (their constructor arguments) and implement
+    ``default_info()`` (metadata of a model that was built rather than loaded).
+    """
+
+    model_args: dict[str, Any]
+
+    def default_info(self) -> ModelInfo:  # pragma: no cover - every model overrides it
+        raise NotImplementedError
+
+    def _save_pretrained(self, save_directory: Path) -> None:  # ModelHubMixin hook
+        write_own_format(self, save_directory)  # type: ignore[arg-type]
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir: Any, force_download: bool,
+                         local_files_only: bool, token: Any, config: dict | None = None, **model_kwargs: Any) -> Any:
+        where = os.path.join(model_id, CONFIG_NAME) if os.path.isdir(model_id) else f"{model_id}/{CONFIG_NAME}"
+        if config is None:
+            raise WeightsNotAvailableError(f"{where}: not found", short=f"no {CONFIG_NAME}")
+        config = check_config(config, where)
+        if os.path.isdir(model_id):
+            weights_file = os.path.join(model_id, WEIGHTS_NAME)
+        else:
+            weights_file = hf_hub_download(model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
+                                           force_download=force_download, local_files_only=local_files_only, token=token)
+        info_over, args_over = split_overrides(model_kwargs)
+        model = cls(**{**config.get("model_args", {}), **args_over})
+        load_weights(model, weights_file)  # type: ignore[arg-type]
+        model.info = info_from_config(config, model, model_id, info_over)  # type: ignore[attr-defined]
+        return model.eval()  # type: ignore[attr-defined]
