@@ -16,7 +16,7 @@ from typing import Any
 
 import gradio as gr
 
-from cast import CastError, CastLoadError, ImageReadError, SegmentKey
+from cast import BUNDLED, CastError, CastLoadError, ImageReadError, SegmentKey
 
 from .render import (
     OverlayStyle,
@@ -167,6 +167,27 @@ class Callbacks:
             return previous, gr.skip(), previous
         gr.Info(f"Model: {self.explorer.models.label(model)}")
         return model, gr.skip(), model
+
+    # -- the default model while the app starts --------------------------------------------
+    def page_open(self):
+        """A new page: the current default model, the notice, and polling while the default loads."""
+        startup = self.explorer.startup
+        notice = startup.notice
+        return (gr.update(value=notice or "", visible=bool(notice)), startup.current, startup.current,
+                gr.Timer(active=startup.state == "loading"))
+
+    def poll_startup(self, model: str, active: str):
+        """While the default model loads: progress in the notice; once ready, switch this page to it
+        unless the person already picked another model."""
+        startup = self.explorer.startup
+        notice = startup.notice
+        notice_update = gr.update(value=notice or "", visible=bool(notice))
+        if startup.state == "loading":
+            return notice_update, gr.skip(), gr.skip(), gr.skip()
+        if startup.state == "ready" and model == active == BUNDLED and startup.current != BUNDLED:
+            gr.Info(f"Model: {self.explorer.models.label(startup.current)} is ready")
+            return notice_update, startup.current, startup.current, gr.Timer(active=False)
+        return notice_update, gr.skip(), gr.skip(), gr.Timer(active=False)
 
     # -- selecting -------------------------------------------------------------------------
     def select(self, view: View, key: SegmentKey, level: int | None, opacity: float, bounds: bool, dim: bool, equal: bool):

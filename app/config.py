@@ -19,7 +19,8 @@ def _env(name: str, default: str) -> str:
 class AppConfig:
     """What the app serves and how much it takes on. ``AppConfig.from_env()`` reads ``CAST_APP_*``."""
 
-    default_model: str = "cast_small.deit_in1k"  # tried first; the bundled model when it can't be loaded
+    default_model: str = "cast_small.deit_in1k"  # the bundled model serves until this one is ready (loaded in the background)
+    startup_wait: float = 1.0  # seconds the start waits for a default that is not here yet (it goes on loading after)
     models_dir: Path = REPO_ROOT / "models"  # own-format model folders listed in the selector
     examples_dir: Path = ASSETS / "examples"  # example images, precomputed at start
     max_models: int = 2  # loaded models kept in memory (least recently used dropped)
@@ -31,6 +32,7 @@ class AppConfig:
     session_ttl: int = 30 * 60  # seconds a session's tree is kept after its last update
     display_size: int = 768  # longest side of the overlay image, pixels
     threads: int = 0  # torch threads (0: leave torch's default)
+    device: str = "auto"  # where models run: "auto" (CUDA on ZeroGPU Spaces or when a GPU is present, else CPU), "cpu", "cuda"
     precompute_examples: bool = True  # segment the examples with the default model at start
     temp_dir: Path | None = None  # where exports are written (default: a fresh temporary folder)
     extra_models: list[str] = field(default_factory=list)  # more sources to list (paths or Hub repo ids)
@@ -45,6 +47,8 @@ class AppConfig:
             current = getattr(cfg, f.name)
             if isinstance(current, bool):
                 value: object = raw.strip().lower() in ("1", "true", "yes", "on")
+            elif isinstance(current, float):
+                value = float(raw)
             elif isinstance(current, int):
                 value = int(raw)
             elif f.name in ("models_dir", "examples_dir", "temp_dir"):
@@ -60,3 +64,12 @@ class AppConfig:
 def server_address() -> tuple[str, int]:
     """Host and port from Gradio's own variables (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``)."""
     return _env("GRADIO_SERVER_NAME", "127.0.0.1"), int(_env("GRADIO_SERVER_PORT", "7860"))
+
+
+def model_device(setting: str) -> str:
+    """The torch device of the app's models for the ``device`` setting."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "cuda" if os.environ.get("SPACES_ZERO_GPU") or torch.cuda.is_available() else "cpu"

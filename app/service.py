@@ -20,16 +20,18 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
-from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Segmenter, SegmentKey, load_segmenter
+from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Segmenter, SegmentKey, hub, load_segmenter
 from cast.image import ImageInput, read_image
+from cast.models.hub_mixin import has_weights
 from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, bundled_dir
 
-from .config import AppConfig
+from .config import AppConfig, model_device
 
 log = logging.getLogger("cast_explorer")
 
-__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer", "example_files"]
+__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer", "StartupModel", "example_files"]
 
 
 @dataclass(frozen=True)
@@ -118,13 +120,22 @@ class ModelStore:
                 arch = str(json.loads(config.read_text()).get("architecture", ""))
             except (OSError, ValueError):
                 continue
-            if arch.startswith("cast") and (config.parent / "model.safetensors").is_file():
+            if arch.startswith("cast") and has_weights(config.parent):
                 found.append(config.parent.resolve())
         return found
 
     def known(self, name: str) -> bool:
         """Whether ``name`` is offered (a folder added since the last scan is found by a rescan)."""
         return any(c.name == name for c in self.choices()) or any(c.name == name for c in self.choices(refresh=True))
+
+    def available_locally(self, name: str) -> bool:
+        """Whether ``name`` loads without the network: bundled, a local folder, or in the Hub cache."""
+        if name in PUBLISHED:
+            w = PUBLISHED[name]
+            return hub.is_cached(w.hub_repo, w.hub_file)
+        if Path(name).exists() or name == BUNDLED or name == BUNDLED_CONCEPTS:
+            return True
+        return name.count("/") == 1 and hub.is_cached(name, "config.json")
 
     def label(self, name: str) -> str:
         return next((c.label for c in self.choices() if c.name == name), name)
@@ -157,7 +168,7 @@ class ModelStore:
 
         def build() -> Segmenter:
             log.info("loading model %s", name)
-            return load_segmenter(name, top_k=5)
+            return load_segmenter(name, device=model_device(self.cfg.device), top_k=5)
 
         return self._get(name, build)
 
@@ -207,8 +218,40 @@ class Result:
         return self.json_path
 
 
+@dataclass
+class StartupModel:
+    """The default model while the app starts: what new pages use now, and what the page says."""
+
+    wanted: str  # the configured default
+    current: str  # what new pages start with (the bundled model until ``wanted`` is ready)
+    state: str = "ready"  # "ready", "loading" or "failed"
+    reason: str = ""  # why ``wanted`` could not be loaded
+    done: int = 0  # bytes downloaded so far (while loading)
+    total: int = 0  # bytes to download (0 = unknown or nothing to download)
+
+    @property
+    def notice(self) -> str | None:
+        """The page's notice (Markdown), or None when there is nothing to say."""
+        if self.state == "loading":
+            got = f": downloading, {self.done / 2**20:.0f} of {self.total / 2**20:.0f} MB" if self.total else ""
+            return (f"**Loading the default model {self.wanted}** in the background{got}. Until it is ready the "
+                    "page uses the bundled model (cast_tiny on PartShapes shapes).")
+        if self.state == "failed":
+            return (f"**Offline mode**: the default model {self.wanted} could not be loaded ({self.reason}). Showing the "
+                    "bundled model instead: cast_tiny trained on PartShapes (10 synthetic shape classes), so its class "
+                    "names are shapes, not ImageNet classes.")
+        if self.current != self.wanted:
+            return None
+        return f"The default model **{self.wanted}** is ready." if self.total else None
+
+
 class Explorer:
-    """The app's engine: models, a result cache and a folder for downloads."""
+    """The app's engine: models, a result cache and a folder for downloads.
+
+    The app serves at once: the configured default model is loaded at start only when it is
+    already here (bundled, a local folder, or in the Hub cache); otherwise the bundled model is used
+    and the default is loaded in the background (``startup`` tells the page how far it got).
+    """
 
     def __init__(self, cfg: AppConfig | None = None) -> None:
         self.cfg = cfg or AppConfig.from_env()
@@ -217,25 +260,62 @@ class Explorer:
             Path(self.cfg.temp_dir).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="cast-explorer-", dir=self.cfg.temp_dir))
         self._results = _LRU(self.cfg.max_results, max_weight=self.cfg.max_result_megapixels * 1e6)
-        self.default, self.notice = self._pick_default()
+        self.startup = StartupModel(self.cfg.default_model, self.cfg.default_model)
+        self._ready = threading.Event()
+        self._start_default()
 
-    def _pick_default(self) -> tuple[str, str | None]:
-        """The configured default model if it loads, else the bundled one and a notice saying why."""
+    @property
+    def default(self) -> str:
+        return self.startup.current
+
+    @property
+    def notice(self) -> str | None:
+        return self.startup.notice
+
+    def _start_default(self) -> None:
         wanted = self.cfg.default_model
+        if wanted == BUNDLED or self.models.available_locally(wanted):
+            try:
+                self.models.segmenter(wanted)
+            except CastLoadError as e:
+                if wanted == BUNDLED:
+                    raise
+                self._fall_back(e)
+            self._ready.set()
+            return
+        self.models.segmenter(BUNDLED)
+        self.startup.current, self.startup.state = BUNDLED, "loading"
+        threading.Thread(target=self._load_default, name="load-default-model", daemon=True).start()
+        self._ready.wait(self.cfg.startup_wait)  # a default that fails at once (offline) shows on the first page
+
+    def _fall_back(self, e: CastLoadError) -> None:
+        log.warning("default model %s unavailable (%s); using the bundled model", self.cfg.default_model, e)
+        self.models.segmenter(BUNDLED)
+        self.startup.current, self.startup.state, self.startup.reason = BUNDLED, "failed", e.short
+
+    def _load_default(self) -> None:
+        """Background: download and load the default model, then make it the default for new pages."""
+        startup = self.startup
+
+        class Progress(tqdm):  # huggingface_hub's download bars, reported to the page
+            def update(self, n: float | None = 1) -> bool | None:
+                out = super().update(n)
+                startup.done, startup.total = int(self.n), int(self.total or 0)
+                return out
+
         try:
-            self.models.segmenter(wanted)
-            return wanted, None
+            with hub.progress_bars(Progress):
+                self.models.segmenter(startup.wanted)
+            startup.current, startup.state = startup.wanted, "ready"
+            log.info("default model %s ready", startup.wanted)
         except CastLoadError as e:
-            if wanted == BUNDLED:
-                raise
-            reason = e.short
-            log.warning("default model %s unavailable (%s); using the bundled model", wanted, e)
-            self.models.segmenter(BUNDLED)
-            return BUNDLED, (
-                f"**Offline mode**: the default model {wanted} could not be loaded ({reason}). Showing the bundled "
-                "model instead: cast_tiny trained on PartShapes (10 synthetic shape classes), so its class names "
-                "are shapes, not ImageNet classes."
-            )
+            self._fall_back(e)
+        finally:
+            self._ready.set()
+
+    def wait_for_default(self, timeout: float | None = None) -> bool:
+        """Block until the default model is loaded or has failed; False on timeout."""
+        return self._ready.wait(timeout)
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

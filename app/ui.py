@@ -234,10 +234,15 @@ def build(explorer: Explorer) -> gr.Blocks:
         view = gr.State(None, time_to_live=explorer.cfg.session_ttl)
         active_model = gr.State(explorer.default)
         gr.Markdown(INTRO)
-        gr.Markdown(explorer.notice or "", elem_id="notice", visible=bool(explorer.notice))
+        notice = gr.Markdown(explorer.notice or "", elem_id="notice", visible=bool(explorer.notice))
+        startup_timer = gr.Timer(2.0, active=False)
         page = Page(view=view, active_model=active_model, **_explore_tab(explorer), **_compare_tab())
         _wire_explore(page, cb, explorer.cfg.workers)
         _wire_compare(page, cb, explorer.cfg.workers)
+        startup = [notice, page.model, page.active_model, startup_timer]
+        demo.load(cb.page_open, None, startup, api_visibility="private", show_progress="hidden")
+        startup_timer.tick(cb.poll_startup, [page.model, page.active_model], startup, api_visibility="private",
+                           show_progress="hidden")
     return demo
 
 

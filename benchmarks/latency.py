@@ -2,6 +2,7 @@
 
 Measures, in one run:
 - cast_small forward vs timm ``vit_small_patch16_224`` forward (interleaved, medians, ratio);
+- cast_small eager vs ``torch.compile`` (batch 1 and 8; compile time, interleaved medians);
 - the farthest-point-sampling share of cast_small's forward;
 - SEEDS and SLIC at 224 px and at 1024 px;
 - ``cast.Predictor`` end to end on a 1024x768 photo (median) and on a 24-megapixel photo
@@ -69,12 +70,13 @@ def forward_comparison(repeats: int) -> dict:
     img = photo(224, 224)
     sp = torch.from_numpy(cast.superpixels(img))[None]
     x = torch.randn(1, 3, 224, 224)
+    n_sp = int(sp.max()) + 1
     model = timm.create_model("cast_small", pos_embed="learned", num_classes=1000).eval()
     vit = timm.create_model("vit_small_patch16_224").eval()
     cast_ms, vit_ms = [], []
     with torch.inference_mode():
         for _ in range(6):  # interleave so that machine noise hits both alike
-            cast_ms.append(median_ms(lambda: model(x, sp), max(3, repeats // 6)))
+            cast_ms.append(median_ms(lambda: model(x, sp, n_sp), max(3, repeats // 6)))
             vit_ms.append(median_ms(lambda: vit(x), max(3, repeats // 6)))
         # share of farthest point sampling inside the forward
         import cast.models.cast as cm
@@ -112,6 +114,45 @@ def forward_comparison(repeats: int) -> dict:
     }
 
 
+def compile_comparison(repeats: int) -> dict:
+    """cast_small eager vs ``torch.compile(model)`` at batch 1 and 8 (the number of superpixels
+    passed, as ``cast.Predictor`` does), rounds interleaved."""
+    import timm
+
+    import cast
+
+    img = photo(224, 224)
+    sp1 = torch.from_numpy(cast.superpixels(img))[None]
+    n_sp = int(sp1.max()) + 1
+    model = timm.create_model("cast_small", pos_embed="learned", num_classes=1000).eval()
+    compiled = torch.compile(model)
+    out: dict = {"superpixels": n_sp}
+    with torch.inference_mode():
+        for batch in (1, 8):
+            x, sp = torch.randn(batch, 3, 224, 224), sp1.expand(batch, -1, -1).contiguous()
+            t = time.perf_counter()
+            compiled(x, sp, n_sp)
+            out[f"b{batch}_first_call_s"] = round(time.perf_counter() - t, 1)
+            assert torch.allclose(compiled(x, sp, n_sp), model(x, sp, n_sp), atol=1e-3)
+            eager_ms, comp_ms = [], []
+            for _ in range(4):
+                eager_ms.append(median_ms(lambda x=x, sp=sp: model(x, sp, n_sp), max(3, repeats // (4 * batch))))
+                comp_ms.append(median_ms(lambda x=x, sp=sp: compiled(x, sp, n_sp), max(3, repeats // (4 * batch))))
+            e, c = statistics.median(eager_ms), statistics.median(comp_ms)
+            out[f"b{batch}"] = {"eager_ms": round(e, 1), "compiled_ms": round(c, 1), "speedup": round(e / c, 3),
+                                "speedup_per_round": [round(a / b, 3) for a, b in zip(eager_ms, comp_ms)]}
+    explained = torch._dynamo.explain(model)(torch.randn(1, 3, 224, 224), sp1, n_sp)
+    out["graph_breaks"] = explained.graph_break_count
+    return out
+
+
+def weight_count_m(model: torch.nn.Module) -> float:
+    """Millions of stored weights: parameters plus the fixed tensors kept as buffers (sin-cos
+    positions, the never-trained last pooling), BatchNorm statistics not counted (as published)."""
+    fixed = sum(b.numel() for n, b in model.named_buffers() if b.is_floating_point() and "running_" not in n)
+    return round((sum(p.numel() for p in model.parameters()) + fixed) / 1e6, 2)
+
+
 def model_costs() -> dict:
     import timm
 
@@ -123,12 +164,12 @@ def model_costs() -> dict:
     out = {}
     for name in ("cast_tiny", "cast_small"):
         m = timm.create_model(name, num_classes=1000).eval()
-        out[name] = {"params_M": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
+        out[name] = {"params_M": weight_count_m(m), "trainable_M": round(sum(p.numel() for p in m.parameters()) / 1e6, 2),
                      "gmacs_224": round(gmacs(m, x, sp), 3), "superpixels": int(sp.max()) + 1}
     for name in cast.MODEL_NAMES:  # parameters of every variant (1000-class head), built without memory
         with torch.device("meta"):
             m = timm.create_model(name, num_classes=1000)
-        out.setdefault(name, {})["params_M"] = round(sum(p.numel() for p in m.parameters()) / 1e6, 2)
+        out.setdefault(name, {})["params_M"] = weight_count_m(m)
     for name in ("vit_tiny_patch16_224", "vit_small_patch16_224"):
         m = timm.create_model(name).eval()
         out[name] = {"params_M": round(sum(p.numel() for p in m.parameters()) / 1e6, 2), "gmacs_224": round(gmacs(m, x), 3)}
@@ -219,7 +260,8 @@ def main() -> None:
                     "python": platform.python_version(), "processor": platform.processor() or platform.machine()},
         "date": time.strftime("%Y-%m-%d"),
     }
-    steps = [("forward", lambda: forward_comparison(args.repeats)), ("costs", model_costs),
+    steps = [("forward", lambda: forward_comparison(args.repeats)), ("compile", lambda: compile_comparison(args.repeats)),
+             ("costs", model_costs),
              ("superpixels", lambda: superpixel_costs(args.repeats)), ("predictor_1024x768", lambda: predictor_cost(args.repeats)),
              ("predictor_24mp", lambda: big_photo_cost(args.threads))]
     if args.only:

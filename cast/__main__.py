@@ -85,13 +85,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from . import PUBLISHED
+    from .models.hub_mixin import has_weights
     from .weights import BUNDLED_MODELS, bundled_dir
 
     print(f"{'name':32} {'family':8} {'trained on':32} result")
     for w in PUBLISHED.values():
         print(f"{w.name:32} {w.family:8} {w.dataset:32} {w.result}")
     for name in BUNDLED_MODELS:
-        state = "installed" if (bundled_dir(name) / "model.safetensors").is_file() else "not installed"
+        state = "installed" if has_weights(bundled_dir(name)) else "not installed"
         print(f"{name:32} {'':8} {str(bundled_dir(name)):32} ({state})")
     return 0
 

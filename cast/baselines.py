@@ -61,7 +61,7 @@ class ViTKMeansSegmenter(Segmenter):
     def read(self, work: np.ndarray) -> Readout:
         t0 = time.perf_counter()
         s = self.input_size
-        feats = self.pixel_features(work)
+        feats = self.pixel_features(work).cpu()  # k-means runs on the CPU (seeded, deterministic)
         h, w, c = feats.shape
         labels = hierarchical_kmeans(feats.reshape(-1, c), self.num_clusters, seed=self.seed)
         # level-1 clusters play the role of CAST's superpixels: map them to the working size

@@ -29,6 +29,8 @@ from .models import CAST, VARIANTS, VIT_VARIANTS, checkpoint_filter_fn, infer_mo
 from .models.hub_mixin import (
     CONFIG_NAME,
     WEIGHTS_NAME,
+    WEIGHTS_PATTERNS,
+    has_weights,
     info_from_config,
     load_weights,
     read_config,
@@ -259,26 +261,29 @@ def _load_vit_file(sd: dict[str, torch.Tensor], path: Any, source: str, model_ov
 
 def load_own_format(model_id: str | os.PathLike[str], *, revision: str | None = None, cache_dir: Any = None,
                     overrides: dict[str, Any] | None = None, source: str | None = None) -> torch.nn.Module:
-    """Load a folder or Hub repo holding ``config.json`` + ``model.safetensors`` (any architecture
-    it names: CAST, a conv-stem ViT, a timm ViT)."""
+    """Load a folder or Hub repo holding ``config.json`` + ``model.safetensors`` (or its shards;
+    any architecture it names: CAST, a conv-stem ViT, a timm ViT)."""
     info_over, model_over = split_overrides(dict(overrides or {}))
     model_id = str(model_id)
     if os.path.isdir(model_id):
-        config_file, weights_file = os.path.join(model_id, CONFIG_NAME), os.path.join(model_id, WEIGHTS_NAME)
-        for f in (config_file, weights_file):
-            if not os.path.isfile(f):
-                raise WeightsNotAvailableError(f"{model_id}: no {os.path.basename(f)} (expected {CONFIG_NAME} + {WEIGHTS_NAME})",
-                                               short=f"no {os.path.basename(f)} in the folder")
+        folder = Path(model_id)
+        for name, there in ((CONFIG_NAME, (folder / CONFIG_NAME).is_file()), (WEIGHTS_NAME, has_weights(folder))):
+            if not there:
+                raise WeightsNotAvailableError(f"{model_id}: no {name} (expected {CONFIG_NAME} + {WEIGHTS_NAME} or its shards)",
+                                               short=f"no {name} in the folder")
     else:
-        config_file = hub.download(model_id, CONFIG_NAME, revision, cache_dir)
-        weights_file = hub.download(model_id, WEIGHTS_NAME, revision, cache_dir)
+        folder = hub.download_files(model_id, [CONFIG_NAME, *WEIGHTS_PATTERNS], revision, cache_dir)
+        if not (folder / CONFIG_NAME).is_file() or not has_weights(folder):
+            raise WeightsNotAvailableError(f"{model_id}: the Hub repo has no {CONFIG_NAME} + {WEIGHTS_NAME}",
+                                           short="not a model repo in our format")
+    config_file = folder / CONFIG_NAME
     config = read_config(config_file)
     arch = str(config.get("architecture", ""))
     try:
         model = build_model(arch, **{**dict(config.get("model_args", {})), **model_over})
     except TypeError as e:
         raise CheckpointFormatError(f"{config_file}: bad model_args ({e})") from None
-    load_weights(model, weights_file)
+    load_weights(model, folder)
     model.info = info_from_config(config, model, source or model_id, info_over)  # type: ignore[assignment]
     return model
 
@@ -317,7 +322,7 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
     src = resolve_source(source)
     if src.kind == "bundled":
         assert src.path is not None
-        if not (src.path / CONFIG_NAME).is_file() or not (src.path / WEIGHTS_NAME).is_file():
+        if not (src.path / CONFIG_NAME).is_file() or not has_weights(src.path):
             raise WeightsNotAvailableError(
                 f"the bundled model {src.name!r} is not installed ({src.path} has no {CONFIG_NAME} + {WEIGHTS_NAME}). "
                 f"Use a published model instead, one of: {', '.join(PUBLISHED)}",

@@ -39,6 +39,8 @@ class Predictor(Segmenter):
         top_k: predictions kept per level and per segment.
         concepts: the semantic hierarchy of a HIRL-trained model (:mod:`cast.concepts`); ``"auto"``
             loads the one saved beside the weights when ``model`` is a source (None when it has none).
+        compile: run the forward pass through ``torch.compile`` (the first images of each new
+            superpixel count compile for a while; then faster, see README *Benchmarks*).
 
     Raises:
         CastLoadError: the source cannot be loaded, or holds a model that is not a CAST.
@@ -46,7 +48,7 @@ class Predictor(Segmenter):
 
     def __init__(self, model: CAST | str | os.PathLike[str] = BUNDLED, device: str | torch.device | None = None,
                  superpixels: SuperpixelSettings | None = None, top_k: int = 5,
-                 concepts: ConceptHierarchy | str | None = "auto") -> None:
+                 concepts: ConceptHierarchy | str | None = "auto", compile: bool = False) -> None:
         if concepts == "auto":
             concepts = load_concepts_of(model) if isinstance(model, (str, os.PathLike)) else None
         if isinstance(model, (str, os.PathLike)):
@@ -61,23 +63,25 @@ class Predictor(Segmenter):
             info = info.with_(superpixels=superpixels)
         super().__init__(model, info, top_k)
         self.model: CAST = model
+        self._forward = torch.compile(model.forward_hierarchy) if compile else model.forward_hierarchy
         self.concepts = concepts.to(self.device).eval() if isinstance(concepts, ConceptHierarchy) else None
 
     def compute_superpixels(self, image: np.ndarray) -> np.ndarray:
         """Superpixel ids ``[S, S]`` int64 of a model-size image, with the model's settings."""
         return self.info.superpixels(image)
 
-    def model_inputs(self, images: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """Normalised images and their superpixels (recomputed on exactly these images)."""
-        sp = torch.from_numpy(np.stack([self.compute_superpixels(im) for im in images])).to(self.device)
-        return self.normalise(images), sp
+    def model_inputs(self, images: np.ndarray) -> tuple[torch.Tensor | int, ...]:
+        """Normalised images, their superpixels (recomputed on exactly these images) and the
+        superpixel count (read on the host, so the model never waits for the device)."""
+        sp = np.stack([self.compute_superpixels(im) for im in images])
+        return self.normalise(images), torch.from_numpy(sp).to(self.device), int(sp.max()) + 1
 
     def read(self, work: np.ndarray) -> Readout:
         """Superpixels, one forward pass and the readout of one working-size image."""
         t0 = time.perf_counter()
         sp = self.compute_superpixels(work)
         t1 = time.perf_counter()
-        out = self.model.forward_hierarchy(self.normalise(work[None]), torch.from_numpy(sp)[None].to(self.device))
+        out = self._forward(self.normalise(work[None]), torch.from_numpy(sp)[None].to(self.device), int(sp.max()) + 1)
         readout = Readout(sp, [t[0].cpu().numpy() for t in out.token_labels], self.model.num_clusters)
         if self.has_head:
             assert out.level_logits is not None and out.segment_logits is not None

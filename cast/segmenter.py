@@ -76,7 +76,7 @@ class Segmenter:
         x = torch.from_numpy(np.array(images, dtype=np.uint8, copy=True)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         return (x - self._mean) / self._std
 
-    def model_inputs(self, images: np.ndarray) -> tuple[torch.Tensor, ...]:
+    def model_inputs(self, images: np.ndarray) -> tuple[torch.Tensor | int, ...]:
         """What ``model(*inputs)`` takes for ``[B, S, S, 3]`` uint8 images (the normalised images)."""
         return (self.normalise(images),)
 
@@ -93,7 +93,7 @@ class Segmenter:
         probs = self.model.head(feats).float().softmax(-1).cpu().numpy() if self.has_head else None
         return probs, feats.float().cpu().numpy()
 
-    def flop_inputs(self) -> tuple[torch.Tensor, ...]:
+    def flop_inputs(self) -> tuple[torch.Tensor | int, ...]:
         """Inputs of one forward pass for counting operations (a half-bright, half-dark image)."""
         s = self.input_size
         img = np.zeros((1, s, s, 3), np.uint8)

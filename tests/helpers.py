@@ -62,12 +62,13 @@ def random_state_dict(layout: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
-def write_moco_file(path: Path, backbone: dict[str, torch.Tensor]) -> Path:
-    """A MoCo-v3 training file: base + momentum encoders, projector heads, predictor, optimizer."""
+def write_moco_file(path: Path, backbone: dict[str, torch.Tensor], momentum: bool = True) -> Path:
+    """A MoCo-v3 training file: base (+ momentum) encoders, projector heads, predictor, optimizer."""
     sd = {}
     for k, v in backbone.items():
         sd["module.base_encoder." + k] = v
-        sd["module.momentum_encoder." + k] = v.clone()
+        if momentum:
+            sd["module.momentum_encoder." + k] = v.clone()
     for prefix in ("module.base_encoder.head", "module.momentum_encoder.head"):
         sd[prefix + ".0.weight"] = torch.randn(16, 384)
         sd[prefix + ".1.running_mean"] = torch.zeros(16)

@@ -117,7 +117,7 @@ def _same_outputs(a, b):
 def test_own_format_round_trip_with_mixin(tmp_path):
     model = make_tiny_model(seed=3)
     model.save_pretrained(tmp_path / "m")
-    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "model.safetensors", "README.md"}  # small: one file
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["architecture"] == "cast_tiny" and config["model_args"]["num_clusters"] == [16, 8, 4, 2]
     again = cast.CAST.from_pretrained(tmp_path / "m")
@@ -171,3 +171,90 @@ def test_overrides_replace_metadata(tiny_model_dir):
 
     model = cast.load_model(tiny_model_dir, superpixels=SLIC_DEFAULT, drop_path_rate=0.0)
     assert model.info.superpixels.method == "slic"
+
+
+def test_sharded_weights_round_trip_locally_and_from_an_offline_hub_repo(tmp_path, hub_cache):
+    from cast.models.hub_mixin import write_own_format
+
+    model = make_tiny_model(seed=6)
+    folder = write_own_format(model, tmp_path / "sharded", dtype=torch.float16, max_shard_size="100KB")
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert len(shards) >= 3 and set(index["weight_map"].values()) == {f.name for f in shards}
+    assert not (folder / "model.safetensors").exists() and all(f.stat().st_size <= 150_000 for f in shards)
+    # tensors the model names twice (blocks.i and blocks{l}.i) are stored once
+    assert "blocks.0.attn.qkv.weight" in index["weight_map"] or "blocks1.0.attn.qkv.weight" in index["weight_map"]
+    assert not {"blocks.0.attn.qkv.weight", "blocks1.0.attn.qkv.weight"} <= set(index["weight_map"])
+    half = {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    for loaded in (cast.load_model(folder), cast.CAST.from_pretrained(folder)):
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in half.items())
+    populate_hub_cache(hub_cache, "someone/cast-tiny-sharded", {f.name: f for f in folder.iterdir()})
+    from_hub = cast.load_model("someone/cast-tiny-sharded")
+    assert all(torch.equal(from_hub.state_dict()[k], v) for k, v in half.items())
+    write_own_format(model, folder)  # rewritten as one file: no stale shards stay behind
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("model-*-of-*.safetensors"))
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(cast.WeightsNotAvailableError, match="no model.safetensors"):
+        cast.load_model(folder)
+
+
+def test_single_files_written_before_sharding_still_load(tmp_path):
+    from safetensors.torch import save_model
+
+    from cast.models.hub_mixin import own_format_config
+
+    model = make_tiny_model(seed=7)
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    save_model(model, str(folder / "model.safetensors"))  # no huggingface_hub metadata in the header
+    (folder / "config.json").write_text(json.dumps(own_format_config(model)))
+    assert _same_outputs(model, cast.load_model(folder))
+
+
+UNREACHABLE_SCRIPT = r"""
+import json, sys, time
+import cast
+from cast import hub
+from huggingface_hub import get_session
+
+calls = []
+session = get_session()
+head = session.head
+session.head = lambda *a, **k: calls.append(a) or head(*a, **k)
+t0 = time.perf_counter()
+errors = []
+for name in ("cast_small_deep.mocov3_in1k", "cast_base.mocov3_in1k", "someone/own-format-repo"):
+    try:
+        cast.load_model(name)
+    except cast.WeightsNotAvailableError as e:
+        errors.append([name, e.short, str(e)])
+cached = cast.load_model("cast_small.mocov3_in1k")  # in the cache: loads without the network
+print(json.dumps({"seconds": time.perf_counter() - t0, "probes": len(calls), "errors": errors,
+                  "cached": cached.info.weights, "reachable": hub.reachable()}))
+"""
+
+
+@pytest.mark.slow  # a subprocess without HF_HUB_OFFLINE
+def test_an_unreachable_hub_is_found_out_once_and_fast(published_cache, hub_cache, tmp_path):
+    """No HF_HUB_OFFLINE, the endpoint a closed loopback port: one probe, no retry ladder, clear
+    errors for what is not cached, and what is cached still loads."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HUB_CACHE=str(hub_cache), CAST_HUB_TIMEOUT="2")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", UNREACHABLE_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["probes"] == 1 and out["reachable"][0] is False and "Retrying" not in r.stderr
+    assert [e[0] for e in out["errors"]] == ["cast_small_deep.mocov3_in1k", "cast_base.mocov3_in1k", "someone/own-format-repo"]
+    for _, short, message in out["errors"]:
+        assert short == "not in the local Hub cache and the Hub could not be reached"
+        assert f"127.0.0.1:{port}" in message and "bundled" in message
+    assert out["cached"] == "cast_small.mocov3_in1k"

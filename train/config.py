@@ -115,6 +115,7 @@ class RunConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
     amp: str = "auto"  # "auto" (bf16 on CUDA if supported, else fp16 on CUDA, none on CPU), "bf16", "fp16", "none"
     channels_last: bool = True  # on CUDA
+    grad_checkpointing: str = "auto"  # recompute block activations in backward: "always", "never", "auto" (cast_base* on CUDA)
     threads: int = 0  # torch CPU threads per process (0 = torch's default)
     ema: bool = False  # keep an exponential moving average of the weights
     ema_decay: float = 0.9998
@@ -145,6 +146,8 @@ class TrainConfig:
             raise ConfigError("data.root is required for folder datasets")
         if self.run.amp not in ("auto", "bf16", "fp16", "none"):
             raise ConfigError(f"run.amp must be auto, bf16, fp16 or none, got {self.run.amp!r}")
+        if self.run.grad_checkpointing not in ("auto", "always", "never"):
+            raise ConfigError(f"run.grad_checkpointing must be auto, always or never, got {self.run.grad_checkpointing!r}")
         if self.optim.accum_steps < 1 or self.run.batch_size < 1 or self.schedule.epochs < 1:
             raise ConfigError("optim.accum_steps, run.batch_size and schedule.epochs must be >= 1")
         if self.hirl.enabled:

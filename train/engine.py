@@ -84,6 +84,8 @@ class Trainer:
         self.data: Datasets = build_datasets(cfg)
         self.num_classes = len(self.data.class_names)
         self.model = build_model(cfg, self.num_classes)
+        if self._use_grad_checkpointing():
+            self.model.set_grad_checkpointing(True)
         self.objective: Objective = build_objective(cfg, self.model, self.num_classes, len(self.data.train))
         cuda = self.device.type == "cuda"
         if cuda and self.dist.distributed:
@@ -129,6 +131,14 @@ class Trainer:
         if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
             return torch.bfloat16
         return torch.float16
+
+    def _use_grad_checkpointing(self) -> bool:
+        """``run.grad_checkpointing``: "auto" trades compute for memory where memory is short, for
+        the cast_base variants on a GPU."""
+        mode = self.cfg.run.grad_checkpointing
+        if mode == "auto":
+            return self.device.type == "cuda" and self.cfg.model.name.startswith("cast_base")
+        return mode == "always" and hasattr(self.model, "set_grad_checkpointing")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision as configured (``run.amp``); a no-op on the CPU by default."""

@@ -13,9 +13,10 @@ after :func:`checkpoint_filter_fn`. The architecture facts the code relies on ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -23,17 +24,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Attention, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._features import FeatureInfo, feature_take_indices
 from timm.models.vision_transformer import Block
 
 from ..ops import farthest_point_sample, segment_mean
 from ..superpixels import SEEDS_DEIT, SEEDS_MOCO
 from ..weights import IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, ModelInfo, PublishedWeights, default_class_names
-from .convert import check_fits, unwrap_training_file
+from .convert import adapt_for_timm, check_fits, unwrap_training_file
 from .hub_mixin import OwnFormatMixin
-from .layers import ConvStem, layer_norm, sincos_pos_embed_2d
+from .layers import ConvStem, layer_norm, match_input_size, sincos_pos_embed_2d
 
-__all__ = ["CAST", "CastOutput", "GraphPooling", "checkpoint_filter_fn", "infer_model_args", "variant_of", "VARIANTS"]
+__all__ = ["CAST", "CastOutput", "CastFeatures", "GraphPooling", "checkpoint_filter_fn", "infer_model_args", "variant_of", "VARIANTS"]
 
 POOL_HEADS = 12  # the published graph pooling attention always has 12 heads
 ASSIGN_SCALE = 5.0  # cosine similarity -> assignment logits
@@ -170,7 +172,9 @@ class CAST(
     """CAST: ViT blocks over superpixel tokens, with graph pooling after each of 4 stages.
 
     Inputs: ``images`` ``[B, 3, H, W]`` normalised with ImageNet mean/std, and ``superpixels``
-    ``[B, H, W]`` long ids ``0..S-1`` (computed on the same image before normalisation).
+    ``[B, H, W]`` long ids ``0..S-1`` (computed on the same image before normalisation). Every
+    forward takes an optional ``num_superpixels`` (``S``, a Python int): passing it avoids reading
+    ``superpixels.max()`` back from the device, which compiled graphs cannot do without a break.
     """
 
     def __init__(
@@ -188,68 +192,59 @@ class CAST(
         pos_embed: Literal["sincos", "learned"] = "sincos",
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        global_pool: Literal["token", "avg"] = "token",
     ) -> None:
         super().__init__()
         if isinstance(img_size, (tuple, list)):  # timm passes (H, W) from a fixed-size pretrained cfg
             if img_size[0] != img_size[1]:
                 raise ValueError(f"CAST takes square inputs, got img_size={tuple(img_size)}")
             img_size = int(img_size[0])
-        if patch_size != 8:
-            raise ValueError("CAST's ConvStem has stride 8; patch_size must be 8")
-        if len(depths) != 4 or len(num_clusters) != 4:
-            raise ValueError("depths and num_clusters need 4 entries, one per stage")
-        if embed_dim % POOL_HEADS:
-            raise ValueError(f"embed_dim must be divisible by {POOL_HEADS} (graph pooling heads), got {embed_dim}")
-        if pos_embed not in ("sincos", "learned"):
-            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+        _check_args(patch_size, depths, num_clusters, embed_dim, pos_embed, global_pool)
         # Everything needed to rebuild this model; saved with checkpoints and exports.
         self.model_args: dict[str, Any] = dict(
             img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depths=list(depths), num_heads=num_heads, mlp_ratio=mlp_ratio,
             qkv_bias=qkv_bias, num_clusters=list(num_clusters), pos_embed=pos_embed,
-            drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+            drop_rate=drop_rate, drop_path_rate=drop_path_rate, global_pool=global_pool,
         )
-        self.img_size = img_size
-        self.num_classes = num_classes
-        self.embed_dim = self.num_features = embed_dim
-        self.depths = tuple(depths)
-        self.num_clusters = tuple(num_clusters)
-        self.pos_embed_type = pos_embed
+        self.img_size, self.in_chans, self.num_classes = img_size, in_chans, num_classes
+        self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
+        self.depths, self.num_clusters = tuple(depths), tuple(num_clusters)
+        self.pos_embed_type, self.global_pool = pos_embed, global_pool
         self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.grad_checkpointing = False
         num_cells = self.grid_size[0] * self.grid_size[1]
 
         self.patch_embed = ConvStem(in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        if pos_embed == "sincos":  # MoCo-v3 family: fixed, stored, never trained
-            self.pos_embed = nn.Parameter(sincos_pos_embed_2d(self.grid_size, embed_dim), requires_grad=False)
-            self.pe_token = nn.Parameter(torch.zeros(1, 1, embed_dim), requires_grad=False)
+        if pos_embed == "sincos":  # MoCo-v3 family: fixed, stored in the files, never trained
+            self.register_buffer("pos_embed", sincos_pos_embed_2d(self.grid_size, embed_dim))
+            self.register_buffer("pe_token", torch.zeros(1, 1, embed_dim))
         else:  # DeiT family: learned, slot 0 belongs to [CLS]
             self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_cells, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
 
         n_blocks = sum(depths)
         dpr = [drop_path_rate * i / max(n_blocks - 1, 1) for i in range(n_blocks)]  # stochastic depth ramp
-        self.blocks = nn.Sequential(
-            *[
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_layer=layer_norm)
-                for i in range(sum(depths))
-            ]
-        )
+        self.blocks = nn.Sequential(*[
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_layer=layer_norm)
+            for i in range(n_blocks)
+        ])
         # Stage views share the modules of ``blocks``; slicing keeps the global indices, which is
         # how the published files name them (``blocks2.3`` is ``blocks.3``).
         ends = list(itertools.accumulate(depths))
         starts = [0] + ends[:-1]
         self.blocks1, self.blocks2, self.blocks3, self.blocks4 = (self.blocks[s:e] for s, e in zip(starts, ends))
-        self.pool1, self.pool2, self.pool3, self.pool4 = (
-            Pooling(GraphPooling(embed_dim, k)) for k in num_clusters
-        )
-        # The last pooling only reads out level 4; its output never reaches the head, so the
-        # published models keep it frozen (it still defines the level-4 assignment).
-        self.pool4.requires_grad_(False)
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.pool1, self.pool2, self.pool3, self.pool4 = (Pooling(GraphPooling(embed_dim, k)) for k in num_clusters)
+        self.norm = layer_norm(embed_dim)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=embed_dim, reduction=patch_size, module=f"blocks{i + 1}") for i in range(4)]
         self._init_weights()
+        # The last pooling only reads out level 4: its output never reaches the head, so it can
+        # never learn (the published models never trained it). Its tensors are buffers, kept in
+        # the state dict under the published names.
+        _parameters_to_buffers(self.pool4)
 
     # -- init ------------------------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -271,29 +266,63 @@ class CAST(
         return {"pos_embed", "cls_token", "pe_token"}
 
     @property
-    def stages(self) -> list[tuple[nn.Sequential, Pooling]]:
+    def stages(self) -> list[tuple[nn.Sequential, Pooling | None]]:
+        """The (blocks, pooling) of each stage; a pruned stage's pooling is None."""
         return [(self.blocks1, self.pool1), (self.blocks2, self.pool2), (self.blocks3, self.pool3), (self.blocks4, self.pool4)]
 
-    def reset_classifier(self, num_classes: int) -> None:
+    # -- timm model API --------------------------------------------------------------------
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the blocks' activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none); ``global_pool`` "token" ([CLS]) or "avg" (mean
+        of the final segment tokens)."""
+        if global_pool is not None:
+            if global_pool not in ("token", "avg"):
+                raise ValueError(f"global_pool must be 'token' or 'avg' for CAST, got {global_pool!r}")
+            self.global_pool = self.model_args["global_pool"] = global_pool
         self.num_classes = self.model_args["num_classes"] = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        device = self.cls_token.device
+        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages (and optionally ``norm`` / the head) that the stage outputs ``indices``
+        do not need; returns the kept indices (timm's contract)."""
+        take, max_index = feature_take_indices(4, indices)
+        for stage in range(max_index + 1, 4):
+            setattr(self, f"blocks{stage + 1}", nn.Sequential())
+        for stage in range(max_index, 4):
+            setattr(self, f"pool{stage + 1}", None)
+        self.blocks = self.blocks[: sum(self.depths[: max_index + 1])]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     # -- forward ---------------------------------------------------------------------------
-    def embed_segments(self, images: torch.Tensor, superpixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def embed_segments(self, images: torch.Tensor, superpixels: torch.Tensor, num_superpixels: int | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Average ConvStem features and position embeddings per superpixel.
 
-        Returns ``tokens`` ``[B, S, C]``, ``cls`` ``[B, 1, C]`` and ``padding`` ``[B, S]`` (True for
-        ids that own no cell of the feature grid), with ``S = superpixels.max() + 1``.
+        Returns ``tokens`` ``[B, S, C]``, ``cls`` ``[B, 1, C]``, ``padding`` ``[B, S]`` (True for
+        ids that own no cell of the feature grid) and the grid's superpixel ids ``[B, h, w]``.
         """
         x = self.patch_embed(images)  # [B, h, w, C]
         B, h, w, C = x.shape
         if superpixels.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"superpixels {tuple(superpixels.shape)} must match the image size {tuple(images.shape[-2:])}")
         grid_labels = F.interpolate(superpixels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
-        num_segments = int(superpixels.max()) + 1
+        num_segments = int(superpixels.max()) + 1 if num_superpixels is None else int(num_superpixels)
         tokens = segment_mean(x, grid_labels, num_segments)
-        counts = torch.zeros(B, num_segments, device=x.device)
-        counts.scatter_add_(1, grid_labels.reshape(B, -1), torch.ones(B, h * w, device=x.device))
+        counts = x.new_zeros(B, num_segments).scatter_add_(1, grid_labels.reshape(B, -1), x.new_ones(B, h * w))
         padding = counts <= 0.5
         if self.pos_embed_type == "sincos":
             grid_pos, cls_pos = self.pos_embed, self.pe_token
@@ -304,48 +333,106 @@ class CAST(
         pos = segment_mean(grid_pos.reshape(1, h, w, C).expand(B, -1, -1, -1), grid_labels, num_segments)
         tokens = self.pos_drop(tokens + pos)
         cls = self.cls_token.expand(B, -1, -1) + cls_pos
-        return tokens, cls, padding
+        return tokens, cls, padding, grid_labels
 
-    def forward_features(self, images: torch.Tensor, superpixels: torch.Tensor) -> torch.Tensor:
+    def _blocks(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(blocks, x)
+        return blocks(x)
+
+    def _run_stages(self, x: torch.Tensor, cls: torch.Tensor, padding: torch.Tensor | None, last: int = 3,
+                    pool_last: bool = False) -> Iterator[tuple[torch.Tensor, PoolResult | None]]:
+        """The one stage loop, from :meth:`embed_segments`'s tokens: yields, for stages 0..``last``,
+        the ``[B, 1 + N, C]`` output of the stage's blocks ([CLS] first) and its pooling result
+        (None for ``last`` unless ``pool_last``)."""
+        for i, (blocks, pool) in enumerate(self.stages[: last + 1]):
+            y = self._blocks(blocks, torch.cat([cls, x], dim=1))
+            if i == last and not pool_last:
+                yield y, None
+                return
+            if pool is None:
+                raise RuntimeError(f"stage {i + 1}'s pooling was pruned (prune_intermediate_layers)")
+            r = pool(y[:, :1], y[:, 1:], padding)
+            yield y, r
+            cls, x, padding = r.cls_token, r.tokens, None
+
+    def forward_features(self, images: torch.Tensor, superpixels: torch.Tensor,
+                         num_superpixels: int | None = None) -> torch.Tensor:
         """Run all stages; returns ``[B, 1 + K_3, C]``: [CLS] and the level-3 segment tokens after
         the last stage's blocks and ``norm`` (the published model's final token sequence)."""
-        x, cls, padding = self.embed_segments(images, superpixels)
-        for i, (blocks, pool) in enumerate(self.stages):
-            y = blocks(torch.cat([cls, x], dim=1))
-            if i == 3:
-                return self.norm(y)
-            r = pool(y[:, :1], y[:, 1:], padding)
-            cls, x, padding = r.cls_token, r.tokens, None
-        raise AssertionError("unreachable")
+        x, cls, padding, _ = self.embed_segments(images, superpixels, num_superpixels)
+        *_, (last, _) = self._run_stages(x, cls, padding)
+        return self.norm(last)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """``x`` ``[B, 1 + N, C]`` (normed) -> logits ``[B, num_classes]`` (or the [CLS] feature)."""
-        x = self.head_drop(x[:, 0])
+        """``x`` ``[B, 1 + N, C]`` (normed) -> logits ``[B, num_classes]`` (or the pooled feature)."""
+        x = self.head_drop(self._pool(x))
         return x if pre_logits else self.head(x)
 
-    def forward(self, images: torch.Tensor, superpixels: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, num_classes]``, or the [CLS] feature ``[B, C]`` when ``num_classes == 0``."""
-        return self.forward_head(self.forward_features(images, superpixels))
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 1:].mean(1) if self.global_pool == "avg" else x[:, 0]
 
-    def forward_hierarchy(self, images: torch.Tensor, superpixels: torch.Tensor) -> CastOutput:
+    def forward(self, images: torch.Tensor, superpixels: torch.Tensor, num_superpixels: int | None = None) -> torch.Tensor:
+        """Logits ``[B, num_classes]``, or the pooled feature ``[B, C]`` when ``num_classes == 0``."""
+        return self.forward_head(self.forward_features(images, superpixels, num_superpixels))
+
+    def forward_intermediates(
+        self, images: torch.Tensor, superpixels: torch.Tensor, indices: int | list[int] | None = None,
+        norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+        num_superpixels: int | None = None, return_assignments: bool = False,
+    ) -> Any:
+        """Stage outputs (timm's contract): the tokens after each stage's blocks.
+
+        Args:
+            indices: stages to return (0..3): the last n if an int, all if None.
+            norm: apply ``norm`` to them. stop_early: skip the stages after the last one asked for.
+            output_fmt: ``"NCHW"``: ``[B, C, h, w]`` maps on the stride-8 grid, every cell holding
+                the token of the segment it belongs to at that stage; ``"NLC"``: the ``[B, N_i, C]``
+                tokens themselves (N_0 = superpixels, then K_1, K_2, K_3 segments).
+            return_assignments: also return, per returned stage, the ``[B, S]`` index of the token
+                each superpixel belongs to at that stage (the segment assignments).
+
+        Returns:
+            ``intermediates`` if ``intermediates_only``, else ``(final, intermediates)`` with
+            ``final`` = :meth:`forward_features`'s output; plus the assignments when asked.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(4, indices)
+        last = max_index if stop_early or intermediates_only else 3
+        x, cls, padding, grid = self.embed_segments(images, superpixels, num_superpixels)
+        feats, assigns, final = [], [], None
+        labels = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)  # [B, S] token of each superpixel
+        for i, (y, r) in enumerate(self._run_stages(x, cls, padding, last)):
+            if i in take:
+                tokens = (self.norm(y) if norm else y)[:, 1:]
+                feats.append(tokens if output_fmt == "NLC" else _to_grid(tokens, labels, grid))
+                assigns.append(labels)
+            final = y
+            if r is not None:
+                labels = torch.gather(r.assign_logits.argmax(-1), 1, labels)
+        out: list[Any] = [feats] if intermediates_only else [self.norm(final), feats]
+        if return_assignments:
+            out.append(assigns)
+        return out[0] if len(out) == 1 else tuple(out)
+
+    def forward_hierarchy(self, images: torch.Tensor, superpixels: torch.Tensor,
+                          num_superpixels: int | None = None) -> CastOutput:
         """One pass that also returns the segmentation tree and per-level and per-segment predictions
         (see :class:`CastOutput` for shapes)."""
-        x, cls, padding = self.embed_segments(images, superpixels)
-        input_padding = padding
+        x, cls, input_padding, _ = self.embed_segments(images, superpixels, num_superpixels)
         level_cls: list[torch.Tensor] = []
         stage_tokens: list[torch.Tensor] = []
         pooled: list[PoolResult] = []
         final = None
-        for blocks, pool in self.stages:
-            y = blocks(torch.cat([cls, x], dim=1))
+        for y, r in self._run_stages(x, cls, input_padding, pool_last=True):
+            assert r is not None
             level_cls.append(y[:, 0])
             stage_tokens.append(y[:, 1:])
-            final = y
-            r = pool(y[:, :1], y[:, 1:], padding)
             pooled.append(r)
-            cls, x, padding = r.cls_token, r.tokens, None
+            final = y
         assert final is not None
-        features = self.norm(final)[:, 0]
+        features = self._pool(self.norm(final))
         assign_logits = [r.assign_logits for r in pooled]
         token_labels = compose_assignments(assign_logits)
         flat_sp = superpixels.reshape(superpixels.shape[0], -1)
@@ -379,6 +466,38 @@ class CAST(
         )
 
 
+def _to_grid(tokens: torch.Tensor, labels: torch.Tensor, grid_labels: torch.Tensor) -> torch.Tensor:
+    """``[B, N, C]`` tokens -> ``[B, C, h, w]``: each grid cell takes the token its superpixel
+    (``grid_labels`` ``[B, h, w]``) belongs to (``labels`` ``[B, S]``)."""
+    cell_token = torch.gather(labels, 1, grid_labels.flatten(1))  # [B, h*w]
+    grid = torch.gather(tokens, 1, cell_token.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+    B, (h, w) = tokens.shape[0], grid_labels.shape[-2:]
+    return grid.reshape(B, h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _check_args(patch_size: int, depths: Sequence[int], num_clusters: Sequence[int], embed_dim: int,
+                pos_embed: str, global_pool: str) -> None:
+    if patch_size != 8:
+        raise ValueError("CAST's ConvStem has stride 8; patch_size must be 8")
+    if len(depths) != 4 or len(num_clusters) != 4:
+        raise ValueError("depths and num_clusters need 4 entries, one per stage")
+    if embed_dim % POOL_HEADS:
+        raise ValueError(f"embed_dim must be divisible by {POOL_HEADS} (graph pooling heads), got {embed_dim}")
+    if pos_embed not in ("sincos", "learned"):
+        raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+    if global_pool not in ("token", "avg"):
+        raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+
+
+def _parameters_to_buffers(module: nn.Module) -> None:
+    """Turn every parameter below ``module`` into a (persistent) buffer of the same name."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None:
+                del sub._parameters[name]
+                sub.register_buffer(name, p.detach())
+
+
 def compose_assignments(assign_logits: list[torch.Tensor]) -> list[torch.Tensor]:
     """The tree readout: per level, the centroid each input token ends up in (``[B, S]`` long).
 
@@ -393,6 +512,26 @@ def compose_assignments(assign_logits: list[torch.Tensor]) -> list[torch.Tensor]
     return out
 
 
+class CastFeatures(nn.Module):
+    """``features_only=True``: the stage outputs of a CAST as ``[B, C, h, w]`` maps on the stride-8
+    grid (each cell holds the token of its segment at that stage). Takes the same inputs as
+    :class:`CAST` (images and superpixels); ``feature_info`` follows timm's ``FeatureInfo``."""
+
+    output_fmt = "NCHW"
+
+    def __init__(self, model: CAST, out_indices: Sequence[int] = (0, 1, 2, 3), norm: bool = False) -> None:
+        super().__init__()
+        self.out_indices = model.prune_intermediate_layers(list(out_indices), prune_head=True)
+        self.model, self.norm = model, norm
+        self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
+        self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", {})
+
+    def forward(self, images: torch.Tensor, superpixels: torch.Tensor, num_superpixels: int | None = None
+                ) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(images, superpixels, self.out_indices, norm=self.norm,
+                                                intermediates_only=True, num_superpixels=num_superpixels)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoint conversion
 # ---------------------------------------------------------------------------------------------
@@ -403,10 +542,14 @@ def checkpoint_filter_fn(obj: Any, model: CAST | None = None) -> dict[str, torch
 
     With ``model`` given, keys and shapes are checked against it and any mismatch raises
     :class:`CheckpointMismatchError` naming the keys; the result then loads with ``strict=True``.
+    Only what timm adapts itself is let through: a head for another number of classes is dropped
+    (timm then gives the model a fresh head) and a first convolution for other input channels.
     """
     sd = unwrap_training_file(obj)
     if model is not None:
-        check_fits(sd, model)
+        sd = adapt_for_timm(sd, model)
+        lenient = ("head.weight", "head.bias") + (("patch_embed.proj.0.weight",) if model.in_chans != 3 else ())
+        check_fits(sd, model, lenient)
     return sd
 
 
@@ -454,8 +597,9 @@ def variant_of(model_args: Mapping[str, Any]) -> str | None:
 def _cfg(weights: PublishedWeights | None = None, **kwargs: Any) -> dict[str, Any]:
     """timm pretrained cfg of a variant; with ``weights``, where its published file lives."""
     cfg: dict[str, Any] = dict(
-        input_size=(3, 224, 224), fixed_input_size=True, crop_pct=1.0, crop_mode="center", interpolation="bilinear",
+        input_size=(3, 224, 224), fixed_input_size=True, crop_pct=1.0, crop_mode="squash", interpolation="bilinear",
         mean=IMAGENET_MEAN, std=IMAGENET_STD, num_classes=1000, first_conv="patch_embed.proj.0", classifier="head",
+        license="mit",
         paper_ids="arXiv:2210.00314", paper_name="Learning Hierarchical Image Segmentation For Recognition and By Recognition",
         origin_url="https://github.com/twke18/CAST",
     )
@@ -471,23 +615,29 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_cast(variant: str, pretrained: bool = False, **kwargs: Any) -> CAST:
+def _create_cast(variant: str, pretrained: bool = False, **kwargs: Any) -> CAST | CastFeatures:
     """Build a variant through timm (``build_model_with_cfg``); the pretrained tag picks the head and
-    the position-embedding kind its weights need (the caller's kwargs win)."""
-    for key in ("device", "dtype"):
-        kwargs.pop(key, None)
-    if kwargs.get("features_only"):
-        raise NotImplementedError(f"{variant} does not support features_only yet; use forward_hierarchy")
+    the position-embedding kind its weights need (the caller's kwargs win). ``features_only=True``
+    (with ``out_indices``, ``feature_norm``) wraps the model in :class:`CastFeatures`."""
+    features_only = kwargs.pop("features_only", False)
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    feature_norm = kwargs.pop("feature_norm", False)
     tag = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg")).tag
     weights = PUBLISHED.get(f"{variant}.{tag}") if tag else None
     kwargs = {**VARIANTS[variant], **(weights.model_kwargs() if weights else {}), **kwargs}
+    if kwargs.pop("global_pool", None) == "":  # timm's "no pooling": CAST always pools one token
+        raise ValueError("CAST has no unpooled classifier input; use global_pool 'token' or 'avg', or forward_features")
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     # The published DeiT files carry their training arguments as an argparse.Namespace; allow that
     # one plain-data class in timm's weights_only unpickling, nothing else.
-    with torch.serialization.safe_globals([argparse.Namespace]):
+    with torch.serialization.safe_globals([argparse.Namespace]), (torch.device(device) if device is not None else contextlib.nullcontext()):
         model = build_model_with_cfg(CAST, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    if dtype is not None:
+        model.to(dtype)
+    match_input_size(model)
     if pretrained and weights is not None:
         model.info = weights.info()
-    return model
+    return CastFeatures(model, out_indices, feature_norm) if features_only else model
 
 
 @register_model

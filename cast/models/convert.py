@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointMismatchError
 
-__all__ = ["unwrap_training_file", "check_fits"]
+__all__ = ["unwrap_training_file", "check_fits", "adapt_for_timm"]
 
 MOCO_PREFIX = "module.base_encoder."  # MoCo-v3 files: the query encoder we keep
 
@@ -39,9 +39,23 @@ def unwrap_training_file(obj: Any) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
 
 
-def check_fits(sd: Mapping[str, torch.Tensor], model: nn.Module) -> None:
-    """Raise :class:`CheckpointMismatchError` naming every missing, unexpected or mis-shaped key."""
+def adapt_for_timm(sd: dict[str, torch.Tensor], model: nn.Module, classifier: str = "head",
+                   first_conv: str = "patch_embed.proj.0") -> dict[str, torch.Tensor]:
+    """What timm adapts after filtering, left for it to adapt: a classifier that does not fit the
+    model's head (another number of classes, or none) is dropped, and a first convolution with
+    another number of input channels is passed through for timm's ``adapt_input_conv``."""
     expected = model.state_dict()
+    for key in (f"{classifier}.weight", f"{classifier}.bias"):
+        if key in sd and (key not in expected or expected[key].shape != sd[key].shape):
+            sd = {k: v for k, v in sd.items() if k != key}
+    return sd
+
+
+def check_fits(sd: Mapping[str, torch.Tensor], model: nn.Module, lenient: tuple[str, ...] = ()) -> None:
+    """Raise :class:`CheckpointMismatchError` naming every missing, unexpected or mis-shaped key
+    (keys in ``lenient`` may be missing or shaped differently)."""
+    expected = {k: v for k, v in model.state_dict().items() if k not in lenient}
+    sd = {k: v for k, v in sd.items() if k not in lenient}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     wrong_shape = sorted(k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)

@@ -1,6 +1,9 @@
 """Our own weight format, as the models' ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
 
-A model folder (local or a Hub repo) holds ``config.json`` and ``model.safetensors``::
+A model folder (local or a Hub repo) holds ``config.json`` and the weights, ``model.safetensors``
+or, above :data:`MAX_SHARD_SIZE`, shards ``model-00001-of-0000N.safetensors`` with the standard
+``model.safetensors.index.json`` (huggingface_hub's sharding helpers write and read them, so no
+file needs Git LFS on a Hub Space)::
 
     {"format": "cast-explorer", "format_version": 1, "architecture": "cast_tiny",
      "model_args": {... the constructor arguments ...}, "info": {ModelInfo fields},
@@ -14,25 +17,28 @@ which reuses the readers below.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from huggingface_hub import PyTorchModelHubMixin, hf_hub_download
+from huggingface_hub import PyTorchModelHubMixin, snapshot_download
 
 from ..errors import CheckpointFormatError, CheckpointMismatchError, WeightsNotAvailableError
 from ..weights import ModelInfo
 
 __all__ = [
-    "OwnFormatMixin", "CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_NAME", "FORMAT_VERSION",
+    "OwnFormatMixin", "CONFIG_NAME", "WEIGHTS_NAME", "WEIGHTS_INDEX_NAME", "WEIGHTS_PATTERNS", "FORMAT_NAME",
+    "FORMAT_VERSION", "MAX_SHARD_SIZE", "has_weights",
     "own_format_config", "write_own_format", "check_config", "read_config", "load_weights", "info_from_config",
 ]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+WEIGHTS_PATTERNS = ["model.safetensors", "model-*-of-*.safetensors", WEIGHTS_INDEX_NAME]
+MAX_SHARD_SIZE = "9MB"  # below the Hub's 10 MiB limit for files outside Git LFS
 FORMAT_NAME = "cast-explorer"
 FORMAT_VERSION = 1
 INFO_FIELDS = frozenset(ModelInfo.__dataclass_fields__)
@@ -50,23 +56,31 @@ def own_format_config(model: torch.nn.Module) -> dict[str, Any]:
     }
 
 
-def write_own_format(model: torch.nn.Module, directory: str | os.PathLike[str], dtype: torch.dtype | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+def has_weights(directory: str | os.PathLike[str]) -> bool:
+    """Whether a folder holds our weights (one file or an index of shards)."""
+    return (Path(directory) / WEIGHTS_NAME).is_file() or (Path(directory) / WEIGHTS_INDEX_NAME).is_file()
+
+
+def write_own_format(model: torch.nn.Module, directory: str | os.PathLike[str], dtype: torch.dtype | None = None,
+                     max_shard_size: int | str = MAX_SHARD_SIZE) -> Path:
+    """Write ``config.json`` and the weights into ``directory`` (created if needed).
 
     ``dtype`` (e.g. ``torch.float16``) stores floating-point weights at that precision, halving the
-    file; loading casts them back to the model's float32 parameters.
+    files; loading casts them back to the model's float32 parameters. Weights above
+    ``max_shard_size`` are split into shards with an index (huggingface_hub's
+    ``save_torch_state_dict``); tensors the model shares under two names are stored once.
     """
-    from safetensors.torch import save_model
+    from huggingface_hub import save_torch_state_dict
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    to_save = model
+    for old in [*directory.glob("model-*-of-*.safetensors"), directory / WEIGHTS_NAME, directory / WEIGHTS_INDEX_NAME]:
+        old.unlink(missing_ok=True)  # a rewrite with fewer shards leaves no stale ones behind
+    state = model.state_dict()
     if dtype is not None:
-        to_save = copy.deepcopy(model)
-        for t in list(to_save.parameters()) + list(to_save.buffers()):
-            if t.is_floating_point():
-                t.data = t.data.to(dtype)
-    save_model(to_save, str(directory / WEIGHTS_NAME))
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        state = _reshare(model.state_dict(), state)
+    save_torch_state_dict(state, directory, max_shard_size=max_shard_size)
     config = own_format_config(model)
     config["weights_dtype"] = str(dtype or torch.float32).removeprefix("torch.")
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -95,22 +109,61 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return check_config(config, str(path))
 
 
-def load_weights(model: torch.nn.Module, weights_file: str | os.PathLike[str]) -> torch.nn.Module:
-    """Load ``model.safetensors`` into ``model``; every key must fit (strict), any dtype is cast."""
+def _reshare(original: dict[str, torch.Tensor], converted: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give keys that shared one tensor in ``original`` one shared tensor again after a dtype cast
+    (so the writer stores it once)."""
+    first: dict[int, str] = {}
+    out = dict(converted)
+    for key, tensor in original.items():
+        ptr = tensor.untyped_storage().data_ptr() if tensor.numel() else -id(tensor)
+        if ptr in first and original[first[ptr]].shape == tensor.shape:
+            out[key] = out[first[ptr]]
+        else:
+            first.setdefault(ptr, key)
+    return out
+
+
+def _aliases(model: torch.nn.Module) -> set[str]:
+    """State-dict keys that name a tensor another key names too (stored once in our files)."""
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    out = set()
+    for key, tensor in model.state_dict().items():
+        ident = (tensor.untyped_storage().data_ptr(), tuple(tensor.shape))
+        if tensor.numel() and ident in seen:
+            out |= {key, seen[ident]}
+        else:
+            seen[ident] = key
+    return out
+
+
+def load_weights(model: torch.nn.Module, weights: str | os.PathLike[str]) -> torch.nn.Module:
+    """Load our weights (a ``.safetensors`` file, or a folder with one file or an index of shards)
+    into ``model``; every key must fit (strict up to shared aliases), any float dtype is cast."""
+    from huggingface_hub import load_torch_model
     from safetensors import SafetensorError
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file
 
     name = type(model).__name__
+    path = Path(weights)
+    single = path if path.is_file() else path / WEIGHTS_NAME
     try:
-        missing, unexpected = load_model(model, str(weights_file), strict=False)
+        if not (path.is_dir() and (path / WEIGHTS_INDEX_NAME).is_file()):
+            # one file; files written before sharding carry no huggingface_hub metadata, so read it directly
+            missing, unexpected = model.load_state_dict(load_file(str(single)), strict=False)
+        else:
+            missing, unexpected = load_torch_model(model, path, strict=False, safe=True)
     except SafetensorError as e:
-        raise CheckpointFormatError(f"{weights_file}: unreadable safetensors file ({e})") from None
+        raise CheckpointFormatError(f"{weights}: unreadable safetensors file ({e})") from None
+    except (OSError, ValueError, json.JSONDecodeError) as e:  # missing shard, bad index
+        raise CheckpointFormatError(f"{weights}: unreadable weights ({e})") from None
     except RuntimeError as e:  # size mismatch
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else "size mismatch"
-        raise CheckpointMismatchError(f"{weights_file} does not fit {name}: {first}") from None
+        raise CheckpointMismatchError(f"{weights} does not fit {name}: {first}") from None
+    aliases = _aliases(model)
+    missing = [k for k in missing if k not in aliases]
     if missing or unexpected:
         raise CheckpointMismatchError(
-            f"{weights_file} does not fit {name}: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
+            f"{weights} does not fit {name}: missing {sorted(missing)[:8]}, unexpected {sorted(unexpected)[:8]}"
         )
     return model
 
@@ -157,12 +210,15 @@ class OwnFormatMixin(PyTorchModelHubMixin):
             raise WeightsNotAvailableError(f"{where}: not found", short=f"no {CONFIG_NAME}")
         config = check_config(config, where)
         if os.path.isdir(model_id):
-            weights_file = os.path.join(model_id, WEIGHTS_NAME)
+            weights = model_id
         else:
-            weights_file = hf_hub_download(model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
-                                           force_download=force_download, local_files_only=local_files_only, token=token)
+            weights = snapshot_download(model_id, revision=revision, cache_dir=cache_dir, allow_patterns=WEIGHTS_PATTERNS,
+                                        force_download=force_download, local_files_only=local_files_only, token=token)
         info_over, args_over = split_overrides(model_kwargs)
-        model = cls(**{**config.get("model_args", {}), **args_over})
-        load_weights(model, weights_file)  # type: ignore[arg-type]
+        try:
+            model = cls(**{**config.get("model_args", {}), **args_over})
+        except TypeError as e:
+            raise CheckpointFormatError(f"{where}: bad model_args ({e})") from None
+        load_weights(model, weights)  # type: ignore[arg-type]
         model.info = info_from_config(config, model, model_id, info_over)  # type: ignore[attr-defined]
         return model.eval()  # type: ignore[attr-defined]

@@ -9,18 +9,21 @@ of its patch tokens (:class:`cast.baselines.ViTKMeansSegmenter`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
+from torch.utils.checkpoint import checkpoint
 
 from ..superpixels import SEEDS_MOCO
 from ..weights import IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, ModelInfo, PublishedWeights, default_class_names
-from .convert import check_fits, unwrap_training_file
+from .convert import adapt_for_timm, check_fits, unwrap_training_file
 from .hub_mixin import OwnFormatMixin
-from .layers import ConvStem, layer_norm, sincos_pos_embed_2d
+from .layers import ConvStem, layer_norm, match_input_size, sincos_pos_embed_2d
 
 __all__ = ["ConvStemViT", "VIT_VARIANTS", "checkpoint_filter_fn"]
 
@@ -35,25 +38,71 @@ class ConvStemViT(nn.Module, OwnFormatMixin, library_name="cast-explorer", tags=
             img_size = int(img_size[0])
         self.model_args = dict(img_size=img_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                                num_classes=num_classes, mlp_ratio=mlp_ratio, in_chans=in_chans)
-        self.img_size = img_size
+        self.img_size, self.in_chans = img_size, in_chans
+        self.grad_checkpointing = False
         self.patch_embed = ConvStem(in_chans, embed_dim, strides=(2, 2, 2, 2))
         self.grid = img_size // 16
         self.num_classes = num_classes
-        self.embed_dim = self.num_features = embed_dim
+        self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
         self.num_prefix_tokens = 1
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         pos = sincos_pos_embed_2d((self.grid, self.grid), embed_dim)
-        self.pos_embed = nn.Parameter(torch.cat([torch.zeros(1, 1, embed_dim), pos], 1), requires_grad=False)
+        self.register_buffer("pos_embed", torch.cat([torch.zeros(1, 1, embed_dim), pos], 1))  # fixed, in the files
         self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=layer_norm)
                                       for _ in range(depth)])
         self.norm = layer_norm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(num_chs=embed_dim, reduction=16, module=f"blocks.{i}") for i in range(depth)]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool not in (None, "token"):
+            raise ValueError(f"this ViT pools its [CLS] token only, got global_pool={global_pool!r}")
+        self.num_classes = self.model_args["num_classes"] = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes, device=self.cls_token.device) if num_classes > 0 else nn.Identity()
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(x).flatten(1, 2)
+        return torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` -> ``[B, 1 + N, C]``: [CLS] and patch tokens after the blocks and ``norm``."""
-        x = self.patch_embed(x).flatten(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1) + self.pos_embed
-        return self.norm(self.blocks(x))
+        x = self._embed(x)
+        x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing else self.blocks(x)
+        return self.norm(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False
+                              ) -> Any:
+        """Block outputs (timm's contract): ``[B, C, h, w]`` patch maps (``"NCHW"``) or ``[B, N, C]`` tokens."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        B, _, H, W = x.shape
+        x = self._embed(x)
+        out = []
+        blocks = self.blocks[: max_index + 1] if stop_early or intermediates_only else self.blocks
+        for i, blk in enumerate(blocks):
+            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing else blk(x)
+            if i in take:
+                y = (self.norm(x) if norm else x)[:, 1:]
+                out.append(y if output_fmt == "NLC" else y.reshape(B, H // 16, W // 16, -1).permute(0, 3, 1, 2).contiguous())
+        return out if intermediates_only else (self.norm(x), out)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        take, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens ``[B, 1 + N, C]`` -> logits ``[B, num_classes]`` (or the [CLS] feature)."""
@@ -72,7 +121,8 @@ def checkpoint_filter_fn(obj: Any, model: ConvStemViT | None = None) -> dict[str
     """A published MoCo-v3 ViT file (or bare state dict) -> our state dict, checked against ``model``."""
     sd = unwrap_training_file(obj)
     if model is not None:
-        check_fits(sd, model)
+        sd = adapt_for_timm(sd, model)
+        check_fits(sd, model, ("head.weight", "head.bias"))
     return sd
 
 
@@ -85,9 +135,9 @@ VIT_VARIANTS: dict[str, dict[str, Any]] = {
 def _cfg(weights: PublishedWeights) -> dict[str, Any]:
     return dict(
         hf_hub_id=weights.hub_repo, hf_hub_filename=weights.hub_file, num_classes=weights.num_classes,
-        input_size=(3, 224, 224), fixed_input_size=True, crop_pct=1.0, crop_mode="center", interpolation="bilinear",
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv="patch_embed.proj.0", classifier="head",
-        paper_ids="arXiv:2104.02057", origin_url="https://github.com/facebookresearch/moco-v3",
+        input_size=(3, 224, 224), fixed_input_size=True, crop_pct=1.0, crop_mode="squash", interpolation="bilinear",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv="patch_embed.proj.0", classifier="head", license="mit",
+        paper_ids=["arXiv:2210.00314", "arXiv:2104.02057"], origin_url="https://github.com/facebookresearch/moco-v3",
     )
 
 
@@ -95,13 +145,14 @@ default_cfgs = generate_default_cfgs({w.name: _cfg(w) for w in PUBLISHED.values(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvStemViT:
-    for key in ("device", "dtype"):
-        kwargs.pop(key, None)
-    if kwargs.get("features_only"):
-        raise NotImplementedError(f"{variant} does not support features_only yet")
-    model = build_model_with_cfg(ConvStemViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                 **{**VIT_VARIANTS[variant], **kwargs})
-    if pretrained:
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    with (torch.device(device) if device is not None else contextlib.nullcontext()):
+        model = build_model_with_cfg(ConvStemViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                     feature_cfg=dict(feature_cls="getter"), **{**VIT_VARIANTS[variant], **kwargs})
+    if dtype is not None:
+        model.to(dtype)
+    match_input_size(model)
+    if pretrained and not kwargs.get("features_only"):
         model.info = next(w for w in PUBLISHED.values() if w.arch == variant).info()
     return model
 

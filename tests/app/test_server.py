@@ -174,3 +174,43 @@ def test_a_full_queue_answers_busy(tmp_path, models_dir, uploads):
     finally:
         demo.close()
         explorer.close()
+
+
+def test_python_app_py_serves_at_once_with_an_unreachable_hub(tmp_path):
+    """`python app.py` on a machine whose Hub does not answer (no HF_HUB_OFFLINE, the endpoint a
+    closed loopback port, nothing cached): the page is served with the bundled model, the notice
+    says why, and huggingface_hub's retry ladder never runs."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.app.helpers import free_port
+
+    root = Path(__file__).resolve().parents[2]
+    port, closed = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed}", HF_HUB_CACHE=str(tmp_path / "empty-cache"),
+               GRADIO_SERVER_PORT=str(port), CAST_APP_PRECOMPUTE_EXAMPLES="0", CAST_APP_TEMP_DIR=str(tmp_path / "tmp"),
+               CAST_HUB_TIMEOUT="2")
+    log = open(tmp_path / "app.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline, config = time.monotonic() + 120, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as r:
+                    config = json.loads(r.read())
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert config is not None, (tmp_path / "app.log").read_text()[-3000:]
+        notice = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "notice"][0]["props"]
+        assert "Offline mode" in notice["value"] and "could not be reached" in notice["value"]
+        model = [c for c in config["components"] if c.get("props", {}).get("elem_id") == "model"][0]["props"]
+        assert model["value"] == "bundled"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+    assert "Retrying in" not in (tmp_path / "app.log").read_text()

@@ -57,7 +57,8 @@ def test_default_is_the_published_model_when_the_hub_cache_has_it(tmp_path, mode
 def test_offline_default_falls_back_to_the_bundled_model(tmp_path, models_dir):
     ex = Explorer(app_config(tmp_path, models_dir, default_model=ABSENT_MODEL))
     try:
-        assert ex.default == "bundled"
+        assert ex.default == "bundled"  # at once, whatever happens to the default
+        assert ex.wait_for_default(30) and ex.startup.state == "failed"
         assert "Offline mode" in ex.notice and ABSENT_MODEL in ex.notice
     finally:
         ex.close()
@@ -106,3 +107,39 @@ def test_models_with_concepts_show_the_semantic_path(explorer, models_dir, uploa
     assert f"Selected segment {key}" in out
     no_concepts = explorer.segment(uploads["good.jpg"], "bundled").tree
     assert "no concept hierarchy" in concepts_html(no_concepts, None)
+
+
+def test_a_default_that_is_not_here_loads_in_the_background_and_pages_switch(tmp_path, models_dir, monkeypatch):
+    from app.callbacks import Callbacks
+
+    folder = str((models_dir / "my_cast").resolve())
+    gate = __import__("threading").Event()
+    real = ModelStore.segmenter
+
+    def slow_segmenter(self, name):  # stands for a download in progress
+        if name == folder:
+            gate.wait(30)
+        return real(self, name)
+
+    monkeypatch.setattr(ModelStore, "available_locally", lambda self, name: name == "bundled")
+    monkeypatch.setattr(ModelStore, "segmenter", slow_segmenter)
+    ex = Explorer(app_config(tmp_path, models_dir, default_model=folder, startup_wait=0.0))
+    try:
+        assert ex.default == "bundled" and ex.startup.state == "loading"  # served at once
+        assert "Loading the default model" in ex.notice
+        ex.startup.done, ex.startup.total = 30 * 2**20, 120 * 2**20
+        assert "30 of 120 MB" in ex.notice
+        cb = Callbacks(ex)
+        notice, model, active, timer = cb.page_open()
+        assert model == active == "bundled" and timer.active and "Loading" in notice["value"]
+        skip = {"__type__": "update"}  # gr.skip(): leave the component as it is
+        assert cb.poll_startup("bundled", "bundled")[1:3] == (skip, skip)  # still loading: nothing switches
+        gate.set()
+        assert ex.wait_for_default(30) and ex.startup.state == "ready" and ex.default == folder
+        notice, model, active, timer = cb.poll_startup("bundled", "bundled")
+        assert model == active == folder and not timer.active  # the open page switches to it
+        _, model, active, timer = cb.poll_startup("cast_small.deit_in1k", "cast_small.deit_in1k")
+        assert (model, active) == (skip, skip) and not timer.active  # someone who picked a model keeps it
+    finally:
+        gate.set()
+        ex.close()

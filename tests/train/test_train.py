@@ -54,7 +54,7 @@ def run_train(*args: str, env: dict | None = None, **kw) -> subprocess.Completed
 
 @pytest.mark.parametrize("config,extra", [
     ("partshapes_cast_tiny.yaml", ["aug.mixup=0.8", "aug.cutmix=1.0"]),
-    ("partshapes_moco_cast_tiny.yaml", []),
+    ("partshapes_moco_cast_tiny.yaml", ["run.grad_checkpointing=always"]),
     ("partshapes_vit_tiny.yaml", ["model.kwargs={}"]),
 ])
 def test_one_cpu_step_of_each_objective(tmp_path, config, extra):
@@ -65,6 +65,7 @@ def test_one_cpu_step_of_each_objective(tmp_path, config, extra):
     before = {k: v.clone() for k, v in trainer.model.state_dict().items() if v.dtype.is_floating_point}
     summary = trainer.fit()
     assert summary["step"] == 1
+    assert getattr(trainer.model, "grad_checkpointing", False) == ("run.grad_checkpointing=always" in extra)
     losses = step_losses(read_metrics(trainer.run_dir))
     assert math.isfinite(losses[1][0]) and losses[1][0] > 0
     changed = [k for k, v in trainer.model.state_dict().items() if k in before and not torch.equal(v, before[k])]
