@@ -23,7 +23,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Segmenter, SegmentKey, hub, load_segmenter
-from cast.image import ImageInput, read_image
+from cast.image import ImageInput
 from cast.models.hub_mixin import has_weights
 from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, bundled_dir
 
@@ -336,8 +336,7 @@ class Explorer:
         predictor = self.models.segmenter(model)
         buffer = io.BytesIO(data)
         buffer.name = Path(path).name  # for messages and the JSON's image name
-        # decoded once, at the larger of the display and model scales, for both
-        src = read_image(buffer, draft_to=max(self.cfg.display_size, 2 * predictor.input_size))
+        src = predictor.load(buffer)  # decoded once, at the size its boundaries are refined at, for both uses
         tree = predictor(src)
         photo = display_photo(src, self.cfg.display_size)
         folder = self.root / f"{key[1][:16]}-{abs(hash(model)) % 10**8}"

@@ -1,6 +1,7 @@
 """Command line: ``python -m cast segment IMAGE_OR_DIR... --model SOURCE --out DIR``.
 
-Writes one folder per image (``hierarchy.json``, ``level1..4.png``, ``superpixels.png``). Files
+Writes one folder per image (``hierarchy.json``, ``level1..4.png``, ``superpixels.png``; label maps
+at the photo's resolution with boundaries that follow it, ``--no-refine`` for nearest lookup). Files
 that cannot be read are reported by name and skipped; the exit code is 1 if any input failed,
 2 if the model could not be loaded.
 """
@@ -55,7 +56,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print("error: no images found", file=sys.stderr)
         return 1
     try:
-        predictor = load_segmenter(args.model, device=args.device)
+        predictor = load_segmenter(args.model, device=args.device, refine=not args.no_refine)
     except CastError as e:
         print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--recursive", action="store_true", help="also look inside sub-folders")
     seg.add_argument("--segment-predictions", default="", metavar="LEVELS",
                      help="comma-separated levels (e.g. 3,4) whose segments get masked-image recognition")
+    seg.add_argument("--no-refine", action="store_true",
+                     help="label maps carried from the model's size by nearest lookup (no boundary refinement)")
     seg.add_argument("--device", default=None, help="torch device (default cpu)")
     seg.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")

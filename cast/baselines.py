@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .clustering import hierarchical_kmeans
 from .hierarchy import Readout
 from .models.vit_conv import VIT_VARIANTS, ConvStemViT
+from .refine import RefineSettings
 from .segmenter import Segmenter
 from .weights import ModelInfo
 
@@ -34,8 +35,8 @@ class ViTKMeansSegmenter(Segmenter):
     """
 
     def __init__(self, model: nn.Module, info: ModelInfo, num_clusters: tuple[int, ...] = (64, 32, 16, 8),
-                 upsample: int = 4, seed: int = 0, top_k: int = 5) -> None:
-        super().__init__(model, info, top_k)
+                 upsample: int = 4, seed: int = 0, top_k: int = 5, refine: RefineSettings | bool = True) -> None:
+        super().__init__(model, info, top_k, refine)
         self.num_clusters = tuple(num_clusters)
         self.upsample = upsample
         self.seed = seed

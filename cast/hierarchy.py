@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from .keys import NUM_LEVELS, Level, SegmentKey
+from .refine import RefineSettings, axis_map, refine_labels
 
 __all__ = ["Node", "Hierarchy", "Readout", "build_hierarchy", "SCHEMA_NAME", "SCHEMA_VERSION", "boundaries", "Prediction"]
 
@@ -191,6 +194,17 @@ class Hierarchy:
             m = np.where(m >= 0, p[np.maximum(m, 0)], -1)
         return m
 
+    def nearest_label_maps(self) -> list[np.ndarray]:
+        """The label maps without boundary refinement: each level's working-size map carried to the
+        original size by nearest lookup, with this tree's ids (``refine=False`` gives the same
+        segments; its ids follow the unrefined areas). Equal to :attr:`label_maps` when the photo
+        is not larger than the working size."""
+        W, H = self.size
+        h, w = self.working_superpixels.shape
+        rows, cols = axis_map(H, h), axis_map(W, w)
+        dtype = self.label_maps[0].dtype
+        return [self.working_label_map(lv).astype(dtype)[rows][:, cols] for lv in range(1, NUM_LEVELS + 1)]
+
     def masked_images(self, level: int, node_ids: Sequence[int], grey: int = 128) -> np.ndarray:
         """The working image with everything outside each segment set to ``grey``:
         ``[len(node_ids), h, w, 3]`` uint8 (the input of masked-segment recognition)."""
@@ -291,15 +305,9 @@ class Readout:
 class _Level:
     """One level while the tree is built (raw centroid ids -> compact ids)."""
 
-    raw: np.ndarray  # [h, w] raw centroid id of every working pixel
     lut: np.ndarray  # raw centroid -> compact id (-1 absent)
     order: np.ndarray  # compact id -> raw centroid
-    raw_parent: np.ndarray  # raw centroid -> raw centroid one level up (-1 absent; empty at level 4)
-
-
-def _axis_map(orig: int, work: int) -> np.ndarray:
-    """Working-resolution index of each original row (or column): nearest, ``floor(i * work / orig)``."""
-    return (np.arange(orig, dtype=np.int64) * work) // orig
+    area: np.ndarray  # original pixels per raw centroid
 
 
 def _top_k(probs: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]:
@@ -308,116 +316,214 @@ def _top_k(probs: np.ndarray, names: Sequence[str], k: int) -> list[Prediction]:
     return [(names[i], float(probs[i])) for i in idx]
 
 
-def _rank_levels(raw_maps: list[np.ndarray], num_clusters: Sequence[int], weight: np.ndarray) -> list[_Level]:
+def _raw_parents(token_labels: Sequence[np.ndarray], num_clusters: Sequence[int]) -> list[np.ndarray]:
+    """Per level 1..3: the raw centroid one level up of each raw centroid (-1 where none maps)."""
+    out = []
+    for lv in range(NUM_LEVELS - 1):
+        parent = np.full(int(num_clusters[lv]), -1, np.int64)
+        parent[np.asarray(token_labels[lv], np.int64)] = np.asarray(token_labels[lv + 1], np.int64)
+        out.append(parent)
+    return out
+
+
+def _rank_levels(area1: np.ndarray, raw_parents: list[np.ndarray], num_clusters: Sequence[int]) -> list[_Level]:
     """Compact ids per level, top-down: level 4 by decreasing area, then each finer level grouped
-    by parent (in the parent's order) and by decreasing area; empty centroids are dropped."""
+    by parent (in the parent's order) and by decreasing area; empty centroids are dropped.
+    ``area1`` is the original-pixel area of each raw level-1 centroid; coarser areas add up."""
+    areas = [area1]
+    for lv in range(NUM_LEVELS - 1):
+        src = np.flatnonzero(areas[-1] > 0)
+        areas.append(np.bincount(raw_parents[lv][src], weights=areas[-1][src], minlength=int(num_clusters[lv + 1])))
     levels: list[_Level | None] = [None] * NUM_LEVELS
     for lv in range(NUM_LEVELS - 1, -1, -1):
-        k = int(num_clusters[lv])
-        flat = raw_maps[lv].ravel()
-        area = np.bincount(flat, weights=weight, minlength=k)
+        area = areas[lv]
         present = np.flatnonzero(area > 0)
-        raw_parent = np.empty(0, np.int64)
         if lv == NUM_LEVELS - 1:
             ranked = present[np.lexsort((present, -area[present]))]
         else:
             up = levels[lv + 1]
             assert up is not None
-            raw_parent = np.full(k, -1, np.int64)
-            raw_parent[flat] = raw_maps[lv + 1].ravel()  # read at any working pixel of it (levels nest)
-            ranked = present[np.lexsort((present, -area[present], up.lut[raw_parent[present]]))]
-        lut = np.full(k, -1, np.int64)
+            ranked = present[np.lexsort((present, -area[present], up.lut[raw_parents[lv][present]]))]
+        lut = np.full(area.shape[0], -1, np.int64)
         lut[ranked] = np.arange(ranked.size)
-        levels[lv] = _Level(raw_maps[lv], lut, ranked, raw_parent)
+        levels[lv] = _Level(lut, ranked, area)
     return [lv for lv in levels if lv is not None]
 
 
-def _level_nodes(lv: int, m: np.ndarray, parents: list[np.ndarray], weight: np.ndarray, img: np.ndarray,
-                 rows: np.ndarray, cols: np.ndarray, n: int) -> list[Node]:
-    """The nodes of level ``lv + 1`` from its compact working-size map ``m`` (areas, bounding boxes
-    and colours weighted by the original pixels each working pixel stands for)."""
-    h, w = m.shape
-    wsum = np.bincount(m.ravel(), weights=weight, minlength=n)
-    color = np.stack([np.bincount(m.ravel(), weights=weight * img[:, c], minlength=n) for c in range(3)], 1)
-    color = color / np.maximum(wsum, 1)[:, None]
-    # bounding boxes over working rows/cols that stand for at least one original pixel
-    hit_rows = np.bincount(rows, minlength=h) > 0
-    hit_cols = np.bincount(cols, minlength=w) > 0
-    pres_r = np.zeros((n, h), bool)
-    pres_c = np.zeros((n, w), bool)
-    rr, cc = np.nonzero(hit_rows[:, None] & hit_cols[None, :])
-    pres_r[m[rr, cc], rr] = True
-    pres_c[m[rr, cc], cc] = True
-    children: list[list[int]] = [[] for _ in range(n)]
-    if lv > 0:
-        for child, par in enumerate(parents[lv - 1]):
-            children[par].append(child)
-    nodes = []
-    for i in range(n):
-        r_idx, c_idx = np.flatnonzero(pres_r[i]), np.flatnonzero(pres_c[i])
-        bbox = (int(np.searchsorted(cols, c_idx[0], "left")), int(np.searchsorted(rows, r_idx[0], "left")),
-                int(np.searchsorted(cols, c_idx[-1], "right")), int(np.searchsorted(rows, r_idx[-1], "right")))
-        nodes.append(Node(
-            level=lv + 1, id=i, parent=int(parents[lv][i]) if lv < NUM_LEVELS - 1 else None,
-            children=children[i], area=int(round(wsum[i])), bbox=bbox,
-            mean_color=tuple(int(round(v)) for v in color[i]),  # type: ignore[arg-type]
-        ))
+def _detail_maps(readout: Readout, working_image: np.ndarray, detail_image: np.ndarray | None,
+                 refine: RefineSettings | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw level-1 centroid map, superpixel map and image at the *detail* resolution: the working
+    size, or the photo's (capped) size when refining."""
+    sp = readout.superpixels.astype(np.int64)
+    tl1 = np.asarray(readout.token_labels[0], np.int64)
+    raw1 = tl1[sp]
+    if detail_image is None or refine is None or not refine.enabled or detail_image.shape[:2] == sp.shape:
+        return raw1, sp, working_image
+    raw1_d = refine_labels(detail_image, raw1.astype(np.int32), working_image, refine)  # int32: half the memory
+    # superpixels follow their level-1 segment: a pixel whose nearest superpixel now lies in another
+    # segment takes a neighbouring superpixel of its new segment (else the segment's largest)
+    H, W = detail_image.shape[:2]
+    rows, cols = axis_map(H, sp.shape[0]), axis_map(W, sp.shape[1])
+    sp_d = sp.astype(np.int32)[rows][:, cols]
+    wrong = tl1[sp_d] != raw1_d
+    if wrong.any():
+        sp_d[wrong] = _superpixel_in(raw1_d[wrong], sp, tl1, np.nonzero(wrong), rows, cols)
+    return raw1_d, sp_d, detail_image
+
+
+def _superpixel_in(segment: np.ndarray, sp: np.ndarray, tl1: np.ndarray, where: tuple[np.ndarray, ...],
+                   rows: np.ndarray, cols: np.ndarray, window: int = 3) -> np.ndarray:
+    """For pixels at ``where`` (detail coordinates), a superpixel of raw level-1 ``segment`` among
+    the working neighbours (nearest first), else that segment's largest superpixel."""
+    h, w = sp.shape
+    largest = np.zeros(int(tl1.max()) + 1, np.int64)  # per raw level-1 centroid
+    sizes = np.bincount(sp.ravel(), minlength=tl1.shape[0])
+    order = np.argsort(sizes, kind="stable")  # ascending: each segment's largest superpixel is written last
+    largest[tl1[order]] = order
+    out = largest[segment]
+    todo = np.arange(segment.size)
+    wy, wx = rows[where[0]], cols[where[1]]
+    ring = sorted(((dy, dx) for dy in range(-window, window + 1) for dx in range(-window, window + 1) if dy or dx),
+                  key=lambda o: (o[0] ** 2 + o[1] ** 2, o))
+    for dy, dx in ring:
+        if todo.size == 0:
+            break
+        cand = sp[np.clip(wy[todo] + dy, 0, h - 1), np.clip(wx[todo] + dx, 0, w - 1)]
+        hit = tl1[cand] == segment[todo]
+        out[todo[hit]] = cand[hit]
+        todo = todo[~hit]
+    return out
+
+
+def _colour_sums(raw1: np.ndarray, image: np.ndarray, weight: np.ndarray, k: int, area1: np.ndarray,
+                 exact: bool) -> np.ndarray:
+    """``[k, 3]`` colour sums (original-pixel weighted) of each raw level-1 centroid. On refined
+    (photo-size) maps the mean colours come from a pixel grid of at most ~0.3 MP, scaled to the areas."""
+    step = 1 if exact else max(1, int(np.ceil((raw1.size / 300_000) ** 0.5)))
+    if step == 1:
+        img = image.reshape(-1, 3).astype(np.float64)
+        return np.stack([np.bincount(raw1.ravel(), weights=weight * img[:, c], minlength=k) for c in range(3)], 1)
+    sub, pix = raw1[::step, ::step].ravel(), image[::step, ::step].reshape(-1, 3).astype(np.float64)
+    count = np.bincount(sub, minlength=k)
+    mean = np.stack([np.bincount(sub, weights=pix[:, c], minlength=k) for c in range(3)], 1) / np.maximum(count, 1)[:, None]
+    return mean * area1[:, None]
+
+
+def _bboxes(compact1: np.ndarray, n1: int, parents: list[np.ndarray], rows: np.ndarray, cols: np.ndarray
+            ) -> list[np.ndarray]:
+    """Per level ``[n_l, 4]`` boxes (x0, y0, x1, y1, original pixels, ends exclusive): level 1 from
+    its detail map (rows/cols that stand for at least one original pixel), coarser ones as unions."""
+    hit_r = np.flatnonzero(np.bincount(rows, minlength=compact1.shape[0]) > 0)
+    hit_c = np.flatnonzero(np.bincount(cols, minlength=compact1.shape[1]) > 0)
+    m = compact1 if hit_r.size == compact1.shape[0] and hit_c.size == compact1.shape[1] else compact1[hit_r][:, hit_c]
+    box = np.zeros((n1, 4), np.int64)
+    for i, sl in enumerate(ndimage.find_objects(m.astype(np.int32) + 1, max_label=n1)):
+        if sl is None:
+            continue
+        r0, r1 = hit_r[sl[0].start], hit_r[sl[0].stop - 1]
+        c0, c1 = hit_c[sl[1].start], hit_c[sl[1].stop - 1]
+        box[i] = (np.searchsorted(cols, c0, "left"), np.searchsorted(rows, r0, "left"),
+                  np.searchsorted(cols, c1, "right"), np.searchsorted(rows, r1, "right"))
+    boxes = [box]
+    for par in parents:
+        up = np.zeros((int(par.max()) + 1 if par.size else 0, 4), np.int64)
+        up[:, :2] = np.iinfo(np.int64).max
+        np.minimum.at(up[:, 0], par, boxes[-1][:, 0])
+        np.minimum.at(up[:, 1], par, boxes[-1][:, 1])
+        np.maximum.at(up[:, 2], par, boxes[-1][:, 2])
+        np.maximum.at(up[:, 3], par, boxes[-1][:, 3])
+        boxes.append(up)
+    return boxes
+
+
+def _nodes(levels: list[_Level], parents: list[np.ndarray], boxes: list[np.ndarray], colour_sum1: np.ndarray,
+           readout: Readout, class_names: Sequence[str] | None, top_k: int) -> list[Node]:
+    """Every node, level 1 first (areas and colours add up from level 1 through the parents)."""
+    nodes: list[Node] = []
+    colour = colour_sum1[levels[0].order]
+    for lv, level in enumerate(levels):
+        n = level.order.size
+        area = level.area[level.order]
+        if lv > 0:
+            colour = np.stack([np.bincount(parents[lv - 1], weights=colour[:, c], minlength=n) for c in range(3)], 1)
+        mean = colour / np.maximum(area, 1)[:, None]
+        children: list[list[int]] = [[] for _ in range(n)]
+        if lv > 0:
+            for child, par in enumerate(parents[lv - 1]):
+                children[par].append(child)
+        for i in range(n):
+            centroid = int(level.order[i])
+            node = Node(level=lv + 1, id=i, parent=int(parents[lv][i]) if lv < NUM_LEVELS - 1 else None,
+                        children=children[i], area=int(round(area[i])), bbox=tuple(int(v) for v in boxes[lv][i]),  # type: ignore[arg-type]
+                        mean_color=tuple(int(round(v)) for v in mean[i]), centroid=centroid)  # type: ignore[arg-type]
+            if readout.segment_probs is not None and class_names is not None:
+                node.predictions = _top_k(readout.segment_probs[lv][centroid], class_names, top_k)
+            if readout.segment_concepts is not None:
+                node.concepts = [int(c) for c in readout.segment_concepts[lv][centroid]]
+            nodes.append(node)
     return nodes
 
 
 def build_hierarchy(readout: Readout, working_image: np.ndarray, original_size: tuple[int, int], *,
                     class_names: Sequence[str] | None = None, top_k: int = 5, image_name: str = "",
-                    image_notes: Sequence[str] = (), model: dict[str, Any] | None = None) -> Hierarchy:
+                    image_notes: Sequence[str] = (), model: dict[str, Any] | None = None,
+                    detail_image: np.ndarray | None = None, refine: RefineSettings | None = None) -> Hierarchy:
     """Assemble a :class:`Hierarchy` from one image's :class:`Readout`.
 
     Args:
         readout: the model's outputs for the image, at the working resolution.
-        working_image: ``[h, w, 3]`` uint8 image the model saw (for mean colours).
-        original_size: (width, height) to carry the label maps to (nearest-neighbour lookup).
+        working_image: ``[h, w, 3]`` uint8 image the model saw.
+        original_size: (width, height) of the label maps to produce.
         class_names: names of the head's classes (predictions are attached only with names).
         image_name, image_notes, model: carried into the tree as they are.
+        detail_image: the photo at the resolution to refine boundaries at (the original size, or
+            less for very large photos); with ``refine`` enabled, level-1 boundaries follow it
+            (:func:`cast.refine.refine_labels`) and every coarser level is composed from level 1, so
+            levels nest exactly. Without it the maps are the working ones, carried by nearest lookup.
     """
-    sp = readout.superpixels.astype(np.int64)
+    num_clusters = tuple(int(k) for k in readout.num_clusters)
+    t0 = time.perf_counter()
+    raw1, sp_d, img_d = _detail_maps(readout, working_image, detail_image, refine)
+    refined = img_d is not working_image
+    refine_s = time.perf_counter() - t0
     W, H = original_size
-    h, w = sp.shape
-    rows, cols = _axis_map(H, h), _axis_map(W, w)
-    # original pixels that each working pixel stands for; 0 where the original is smaller
-    weight = (np.bincount(rows, minlength=h)[:, None] * np.bincount(cols, minlength=w)[None, :]).ravel().astype(np.int64)
-    num_sp = int(sp.max()) + 1
-    raw_maps = [np.asarray(t, dtype=np.int64)[sp] for t in readout.token_labels]  # 4 x [h, w] centroid ids
-    levels = _rank_levels(raw_maps, readout.num_clusters, weight)
-    map_dtype = np.uint8 if max(readout.num_clusters) <= 256 else np.uint16
-    compact = [lev.lut[lev.raw].astype(map_dtype) for lev in levels]
-    parents = [levels[lv + 1].lut[levels[lv].raw_parent[levels[lv].order]] for lv in range(NUM_LEVELS - 1)]
-    img = working_image.reshape(-1, 3).astype(np.float64)
-    nodes: list[Node] = []
-    for lv in range(NUM_LEVELS):
-        level_nodes = _level_nodes(lv, compact[lv], parents, weight, img, rows, cols, levels[lv].order.size)
-        for node in level_nodes:
-            centroid = int(levels[lv].order[node.id])
-            node.centroid = centroid
-            if readout.segment_probs is not None and class_names is not None:
-                node.predictions = _top_k(readout.segment_probs[lv][centroid], class_names, top_k)
-            if readout.segment_concepts is not None:
-                node.concepts = [int(c) for c in readout.segment_concepts[lv][centroid]]
-        nodes += level_nodes
+    dh, dw = raw1.shape
+    rows, cols = axis_map(H, dh), axis_map(W, dw)
+    # original pixels that each detail pixel stands for; 0 where the original is smaller
+    weight = (np.bincount(rows, minlength=dh)[:, None] * np.bincount(cols, minlength=dw)[None, :]).ravel().astype(np.int64)
+    flat = raw1.ravel()
+    if (dh, dw) == (H, W):  # every detail pixel is one original pixel
+        area1 = np.bincount(flat, minlength=num_clusters[0]).astype(np.float64)
+    else:
+        area1 = np.bincount(flat, weights=weight, minlength=num_clusters[0])
+    colour1 = _colour_sums(raw1, img_d, weight, num_clusters[0], area1, exact=not refined)
+    raw_parents = _raw_parents(readout.token_labels, num_clusters)
+    levels = _rank_levels(area1, raw_parents, num_clusters)
+    parents = [levels[lv + 1].lut[raw_parents[lv][levels[lv].order]] for lv in range(NUM_LEVELS - 1)]
+    map_dtype = np.uint8 if max(num_clusters) <= 256 else np.uint16
+    compact1 = levels[0].lut.astype(map_dtype)[raw1]
+    boxes = _bboxes(compact1, levels[0].order.size, parents, rows, cols)
+    label_maps = [compact1[rows][:, cols]]
+    for par in parents:  # coarser maps composed from level 1: exact nesting
+        label_maps.append(par.astype(map_dtype)[label_maps[-1]])
     level_predictions = None
     if readout.level_probs is not None and class_names is not None:
         level_predictions = [_top_k(p, class_names, top_k) for p in readout.level_probs]
+    num_sp = int(readout.superpixels.max()) + 1
     sp_dtype = np.uint16 if num_sp <= 65535 else np.int32
     return Hierarchy(
-        label_maps=[m[rows][:, cols] for m in compact],
+        label_maps=label_maps,
         parents=[p.astype(np.int64) for p in parents],
-        nodes=nodes,
+        nodes=_nodes(levels, parents, boxes, colour1, readout, class_names, top_k),
         level_predictions=level_predictions,
-        superpixels=sp.astype(sp_dtype)[rows][:, cols],
-        working_superpixels=sp.astype(sp_dtype),
+        superpixels=sp_d.astype(sp_dtype)[rows][:, cols] if sp_d.shape != (H, W) else sp_d.astype(sp_dtype),
+        working_superpixels=readout.superpixels.astype(sp_dtype),
         working_image=working_image,
         superpixel_to_level1=levels[0].lut[np.asarray(readout.token_labels[0], dtype=np.int64)[:num_sp]],
-        num_clusters=tuple(int(k) for k in readout.num_clusters),
+        num_clusters=num_clusters,
         model=dict(model or {}),
         image_name=image_name,
         image_notes=tuple(image_notes),
         concepts=readout.concepts,
-        timings=dict(readout.timings),
+        timings={"refine": refine_s} if refined else {},
     )

@@ -68,7 +68,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return img
 
 
-def _from_pil(img: Image.Image, draft_to: int | None, name: str) -> ImageInput:
+def _from_pil(img: Image.Image, draft_to: int | tuple[int, int] | None, name: str,
+              decode_pixels: int | None = None) -> ImageInput:
     w, h = img.size
     if w < 1 or h < 1:
         raise ImageReadError(f"{name or 'image'}: empty image ({w}x{h})")
@@ -89,8 +90,14 @@ def _from_pil(img: Image.Image, draft_to: int | None, name: str) -> ImageInput:
             notes.append(f"animated image ({getattr(img, 'n_frames', '?')} frames): the first frame is used")
             img.seek(0)
         size = (h, w) if _orientation_swaps(img) else (w, h)
+        if decode_pixels and img.format == "JPEG":  # at least the size that keeps this many pixels
+            scale = min(1.0, (decode_pixels / (w * h)) ** 0.5)
+            draft_to = (max(int(size[0] * scale), 1), max(int(size[1] * scale), 1))
         if draft_to and img.format == "JPEG":
-            img.draft("RGB", (draft_to, draft_to))  # decode at >= draft_to px per side, faster
+            box = (draft_to, draft_to) if isinstance(draft_to, int) else tuple(draft_to)
+            if size != (w, h):  # the box is for the upright image; JPEG draft works on the stored one
+                box = (box[1], box[0])
+            img.draft("RGB", box)  # decode at >= the box, at the smallest JPEG scale that allows it
         img.load()
         img = ImageOps.exif_transpose(img) or img
         rgb = np.asarray(_to_8bit(img))
@@ -124,12 +131,16 @@ def to_rgb_array(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def read_image(src: ImageLike, draft_to: int | None = None) -> ImageInput:
+def read_image(src: ImageLike, draft_to: int | tuple[int, int] | None = None,
+               decode_pixels: int | None = None) -> ImageInput:
     """Read a path, bytes, file object, PIL image or array into an :class:`ImageInput`.
 
     Args:
         draft_to: when the source is a JPEG, decode it at a reduced scale that keeps at least
-            this many pixels per side (the original size is still reported in ``size``).
+            this many pixels per side (an int) or this (width, height) (the original size is still
+            reported in ``size``).
+        decode_pixels: instead, decode a JPEG at the smallest scale that keeps at least this
+            many pixels (or all of them, for smaller photos).
 
     Raises:
         ImageReadError: not an image, truncated or corrupt, too large, or empty.
@@ -151,7 +162,7 @@ def read_image(src: ImageLike, draft_to: int | None = None) -> ImageInput:
     # Refuse oversized images from the header ourselves; PIL's own bomb check is a warning below 2x.
     try:
         with Image.open(src) as img:  # type: ignore[arg-type]
-            return _from_pil(img, draft_to, name)
+            return _from_pil(img, draft_to, name, decode_pixels)
     except UnidentifiedImageError:
         raise ImageReadError(f"{name or 'input'}: not an image file (format not recognised)") from None
     except Image.DecompressionBombError:

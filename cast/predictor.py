@@ -21,6 +21,7 @@ from .errors import CastLoadError
 from .hierarchy import Readout
 from .loading import load_concepts_of, load_model
 from .models import CAST
+from .refine import RefineSettings
 from .segmenter import Segmenter
 from .superpixels import SuperpixelSettings
 from .weights import BUNDLED
@@ -39,6 +40,8 @@ class Predictor(Segmenter):
         top_k: predictions kept per level and per segment.
         concepts: the semantic hierarchy of a HIRL-trained model (:mod:`cast.concepts`); ``"auto"``
             loads the one saved beside the weights when ``model`` is a source (None when it has none).
+        refine: boundaries at the photo's resolution (:class:`cast.refine.RefineSettings`, or
+            ``False`` for the working-size maps carried by nearest lookup).
         compile: run the forward pass through ``torch.compile`` (the first images of each new
             superpixel count compile for a while; then faster, see README *Benchmarks*).
 
@@ -48,7 +51,8 @@ class Predictor(Segmenter):
 
     def __init__(self, model: CAST | str | os.PathLike[str] = BUNDLED, device: str | torch.device | None = None,
                  superpixels: SuperpixelSettings | None = None, top_k: int = 5,
-                 concepts: ConceptHierarchy | str | None = "auto", compile: bool = False) -> None:
+                 concepts: ConceptHierarchy | str | None = "auto", compile: bool = False,
+                 refine: RefineSettings | bool = True) -> None:
         if concepts == "auto":
             concepts = load_concepts_of(model) if isinstance(model, (str, os.PathLike)) else None
         if isinstance(model, (str, os.PathLike)):
@@ -61,7 +65,7 @@ class Predictor(Segmenter):
         info = getattr(model, "info", None) or model.default_info()
         if superpixels is not None:
             info = info.with_(superpixels=superpixels)
-        super().__init__(model, info, top_k)
+        super().__init__(model, info, top_k, refine)
         self.model: CAST = model
         self._forward = torch.compile(model.forward_hierarchy) if compile else model.forward_hierarchy
         self.concepts = concepts.to(self.device).eval() if isinstance(concepts, ConceptHierarchy) else None
@@ -95,7 +99,7 @@ class Predictor(Segmenter):
 
 
 def load_segmenter(source: str | os.PathLike[str] | torch.nn.Module = BUNDLED, device: str | torch.device | None = None,
-                   top_k: int = 5) -> Segmenter:
+                   top_k: int = 5, refine: RefineSettings | bool = True) -> Segmenter:
     """The segmenter for any model: a :class:`Predictor` for CAST, a
     :class:`~cast.baselines.ViTKMeansSegmenter` for the ViT baselines.
 
@@ -108,8 +112,8 @@ def load_segmenter(source: str | os.PathLike[str] | torch.nn.Module = BUNDLED, d
     model = load_model(source, device=device) if isinstance(source, (str, os.PathLike)) else source
     if isinstance(model, CAST):
         concepts = load_concepts_of(source) if isinstance(source, (str, os.PathLike)) else None
-        return Predictor(model, device=device, top_k=top_k, concepts=concepts)
+        return Predictor(model, device=device, top_k=top_k, concepts=concepts, refine=refine)
     info = getattr(model, "info", None)
     if info is None:
         raise CastLoadError(f"{type(model).__name__} carries no metadata (model.info); load it with cast.load_model")
-    return ViTKMeansSegmenter(model, info, top_k=top_k)
+    return ViTKMeansSegmenter(model, info, top_k=top_k, refine=refine)

@@ -8,8 +8,9 @@ baseline (:class:`cast.baselines.ViTKMeansSegmenter`):
 2. resize the whole image, without cropping, to the model's input size (224 x 224 for the
    published models): the **working resolution**;
 3. ask the subclass for a :class:`~cast.hierarchy.Readout` of that image (:meth:`Segmenter.read`);
-4. build the tree and carry its label maps to the original resolution (nearest-neighbour lookup;
-   uint8 maps, so a 24 MP photo costs ~24 MB per level).
+4. build the tree and carry its label maps to the original resolution with boundaries that follow
+   the photo (:mod:`cast.refine`; ``refine=False``: nearest-neighbour lookup); uint8 maps, so a
+   24 MP photo costs ~24 MB per level.
 
 It also gives every segmenter the same classifier access (:meth:`Segmenter.classify_embed`) and
 masked-segment recognition (:meth:`Segmenter.predict_segments`).
@@ -28,6 +29,7 @@ from PIL import Image
 from .hierarchy import Hierarchy, Prediction, Readout, build_hierarchy
 from .image import ImageInput, ImageLike, read_image
 from .keys import SegmentKey
+from .refine import RefineSettings, refinement_size
 from .weights import ModelInfo
 
 __all__ = ["Segmenter", "MASK_GREY"]
@@ -46,10 +48,11 @@ class Segmenter:
         has_head: whether class predictions exist (a head and class names).
     """
 
-    def __init__(self, model: nn.Module, info: ModelInfo, top_k: int = 5) -> None:
+    def __init__(self, model: nn.Module, info: ModelInfo, top_k: int = 5, refine: RefineSettings | bool = True) -> None:
         self.model = model.eval()
         self.info = info
         self.top_k = top_k
+        self.refine = refine if isinstance(refine, RefineSettings) else RefineSettings(enabled=bool(refine))
         self.input_size = info.input_size
         self.device = next(model.parameters()).device
         self._mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1)
@@ -62,7 +65,21 @@ class Segmenter:
         :class:`~cast.image.ImageInput` is used as it is."""
         if isinstance(image, ImageInput):
             return image
+        if self.refine.enabled:
+            return read_image(image, decode_pixels=self.refine.max_pixels)
         return read_image(image, draft_to=2 * self.input_size)
+
+    def detail_image(self, src: ImageInput) -> np.ndarray | None:
+        """The photo at the size its boundaries are refined at (the original, capped at
+        ``refine.max_pixels``), or None when there is nothing to refine."""
+        if not self.refine.enabled:
+            return None
+        w, h = refinement_size(src.size, self.refine.max_pixels)
+        if w <= self.input_size and h <= self.input_size:
+            return None
+        if src.rgb.shape[:2] == (h, w):
+            return src.rgb
+        return np.asarray(Image.fromarray(src.rgb).resize((w, h), Image.Resampling.BILINEAR))
 
     def to_model_image(self, rgb: np.ndarray) -> np.ndarray:
         """Resize a ``[h, w, 3]`` uint8 image to ``[S, S, 3]`` (S = input size), no crop."""
@@ -122,9 +139,10 @@ class Segmenter:
         readout = self.read(work)
         t2 = time.perf_counter()
         tree = build_hierarchy(readout, work, src.size, class_names=self.info.class_names if self.has_head else None,
-                               top_k=self.top_k, image_name=src.name, image_notes=src.notes, model=self.describe())
+                               top_k=self.top_k, image_name=src.name, image_notes=src.notes, model=self.describe(),
+                               detail_image=self.detail_image(src), refine=self.refine)
         t3 = time.perf_counter()
-        tree.timings = {"read": t1 - t0, **readout.timings, "readout": t3 - t2, "total": t3 - t0}
+        tree.timings = {"read": t1 - t0, **readout.timings, "readout": t3 - t2, **tree.timings, "total": t3 - t0}
         return tree
 
     def describe(self) -> dict:

@@ -42,7 +42,8 @@ def test_segment_lookup_and_path(tiny_predictor, photo):
 
 
 def test_hierarchy_follows_the_model_readout(tiny_predictor, photo):
-    """Label maps equal the model's own CastOutput segments, relabelled."""
+    """Label maps equal the model's own CastOutput segments, relabelled (before the boundary
+    refinement, which only moves pixels near boundaries: see tests/test_refine.py)."""
     import torch
 
     tree = tiny_predictor(photo)  # 512 x 512 -> 64 x 64 working size
@@ -53,7 +54,7 @@ def test_hierarchy_follows_the_model_readout(tiny_predictor, photo):
         out = tiny_predictor.model.forward_hierarchy(x, sp)
     for lv in range(4):
         seg = out.segments[lv][0].numpy()
-        small = tree.label_maps[lv][::8, ::8]  # nearest mapping: original pixel 8i -> working i
+        small = tree.nearest_label_maps()[lv][::8, ::8]  # nearest mapping: original pixel 8i -> working i
         pairs = set(zip(seg.ravel().tolist(), small.ravel().tolist()))
         assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs}), "a bijection of ids"
 
@@ -104,7 +105,7 @@ def test_masked_recognition_sees_only_the_segment(tiny_predictor, photo):
     tree = tiny_predictor(photo)
     node = tree.nodes_at(3)[0]
     got = tiny_predictor.predict_segments(tree, [node.key])[node.key]
-    inside = (tree.label_maps[2][::8, ::8] == node.id)[..., None]  # working resolution (64 px)
+    inside = (tree.nearest_label_maps()[2][::8, ::8] == node.id)[..., None]  # working resolution (64 px)
     masked = np.where(inside, tree.working_image, np.uint8(128)).astype(np.uint8)
     sp = torch.from_numpy(tiny_predictor.compute_superpixels(masked))[None]
     with torch.no_grad():
@@ -142,11 +143,13 @@ def test_tiny_image(tiny_predictor):
 
 def test_large_photo_is_reduced_before_decoding(tiny_predictor, photo, tmp_path):
     p = tmp_path / "big.jpg"
-    Image.fromarray(photo).resize((3000, 2000)).save(p, quality=80)
-    src = tiny_predictor.load(p)
-    assert src.size == (3000, 2000) and max(src.rgb.shape[:2]) < 3000  # JPEG draft decoding
+    Image.fromarray(photo).resize((6000, 4000)).save(p, quality=80)
+    src = tiny_predictor.load(p)  # decoded at the refinement size (6 MP cap): JPEG draft at half size
+    assert src.size == (6000, 4000) and src.rgb.shape[:2] == (2000, 3000)
+    plain = cast.Predictor(tiny_predictor.model, refine=False).load(p)  # only the model's size is needed
+    assert plain.size == (6000, 4000) and max(plain.rgb.shape[:2]) < 1000
     tree = tiny_predictor(p)
-    assert tree.label_maps[0].shape == (2000, 3000) and tree.label_maps[0].dtype == np.uint8
+    assert tree.label_maps[0].shape == (4000, 6000) and tree.label_maps[0].dtype == np.uint8
 
 
 @pytest.mark.parametrize("payload,match", [(b"GIF89a broken", "not an image"), (bomb_png(), "too large")])

@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--model", required=True, help="anything cast.load_model accepts (CAST or a ViT baseline)")
     ev.add_argument("--data", default="partshapes:test", help="partshapes:SPLIT[:N] or a folder in the export layout")
     ev.add_argument("--n", type=int, default=None, help="images to evaluate (default: all / 500 rendered)")
-    ev.add_argument("--image-size", type=int, default=160, help="PartShapes rendering size")
+    ev.add_argument("--size", "--image-size", dest="image_size", type=int, default=160,
+                    help="PartShapes rendering size; above the model's size both the refined and the nearest maps are scored")
     ev.add_argument("--model-label-n", type=int, default=50, help="images for protocol (ii), model labelling")
     ev.add_argument("--ref", default="partshapes:train", help="reference split for part prototypes ('' to skip)")
     ev.add_argument("--ref-n", type=int, default=100)

@@ -39,7 +39,7 @@ import cast
 from cast.hierarchy import Hierarchy
 from cast.segmenter import Segmenter
 
-from .metrics import boundary_f, consistency, miou, oracle_labels
+from .metrics import boundary_f, boundary_recall, consistency, miou, oracle_labels
 
 __all__ = ["EvalData", "load_eval_data", "evaluate", "masked_segments"]
 
@@ -169,6 +169,16 @@ def _model_labels(seg: Segmenter, tree: Hierarchy, level: int, predicted: int, p
     return obj_lut[m], part_lut[m]
 
 
+def _map_metrics(add: Any, lv: int, m: np.ndarray, part: np.ndarray, gt_obj: np.ndarray, obj: np.ndarray,
+                 suffix: str) -> None:
+    """The label-map metrics of one level (``suffix`` names the variant of the maps)."""
+    add("part_miou_oracle" + suffix, lv, miou(oracle_labels(m, part), part))
+    add("object_miou_oracle" + suffix, lv, miou(oracle_labels(m, gt_obj), gt_obj))
+    add("consistency" + suffix, lv, consistency(m, obj))
+    add("boundary_f" + suffix, lv, boundary_f(m, part))
+    add("boundary_recall" + suffix, lv, boundary_recall(m, part))
+
+
 def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData | None = None,
              ref_n: int = 100, progress: bool = True) -> dict[str, Any]:
     """Run every metric; returns a JSON-ready dict (per-level means and model facts)."""
@@ -197,13 +207,13 @@ def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData
             predicted = names.index(tree.level_predictions[3][0][0])
             correct += int(predicted == label)
             counted += 1
+        nearest = tree.nearest_label_maps() if image.shape[0] > seg.input_size or image.shape[1] > seg.input_size else None
         for lv in LEVELS:
             m = tree.label_maps[lv - 1]
             add("num_segments", lv, float(len(tree.nodes_at(lv))))
-            add("part_miou_oracle", lv, miou(oracle_labels(m, part), part))
-            add("object_miou_oracle", lv, miou(oracle_labels(m, gt_obj), gt_obj))
-            add("consistency", lv, consistency(m, obj))
-            add("boundary_f", lv, boundary_f(m, part))
+            _map_metrics(add, lv, m, part, gt_obj, obj, "")
+            if nearest is not None:  # the same tree without boundary refinement, for comparison
+                _map_metrics(add, lv, nearest[lv - 1], part, gt_obj, obj, "_nearest")
             if use_model and predicted is not None and i < model_label_n:
                 obj_pred, part_pred = _model_labels(seg, tree, lv, predicted, protos, data.part_class)
                 add("object_miou_model", lv, miou(obj_pred, gt_obj))
@@ -230,6 +240,13 @@ def format_table(result: dict[str, Any]) -> str:
     for lv, vals in result["levels"].items():
         rows.append(f"| {lv} | " + " | ".join(f"{vals[c]:.3f}" if c in vals else "–" for c in cols) + " |")
     top1 = "n/a" if result["top1"] is None else f"{result['top1']:.3f}"
-    return (f"{result['architecture']} on {result['data']} ({result['images']} images): top-1 {top1}, "
+    text = (f"{result['architecture']} on {result['data']} ({result['images']} images): top-1 {top1}, "
             f"{result['gmacs']:.3f} GMACs, {result['images_per_s']:.1f} images/s\n\n" + head + "\n".join(rows))
+    first = result["levels"].get("1", {})
+    if "part_miou_oracle_nearest" in first:
+        text += ("\n\nlevel 1, refined boundaries vs nearest lookup: part mIoU (oracle) "
+                 f"{first['part_miou_oracle']:.3f} vs {first['part_miou_oracle_nearest']:.3f}, boundary recall (2 px) "
+                 f"{first['boundary_recall']:.3f} vs {first['boundary_recall_nearest']:.3f}, boundary F "
+                 f"{first['boundary_f']:.3f} vs {first['boundary_f_nearest']:.3f}")
+    return text
 

@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from cast.hierarchy import boundaries
 
-__all__ = ["miou", "oracle_labels", "consistency", "boundary_f", "boundaries", "purity"]
+__all__ = ["miou", "oracle_labels", "consistency", "boundary_f", "boundary_recall", "boundaries", "purity"]
 
 
 def miou(pred: np.ndarray, gt: np.ndarray) -> float:
@@ -62,6 +62,15 @@ def boundary_f(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
     precision = (pb & near_g).sum() / pb.sum()
     recall = (gb & near_p).sum() / gb.sum()
     return float(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall))
+
+
+def boundary_recall(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
+    """Share of ground-truth boundary pixels with a predicted boundary within ``tolerance`` pixels."""
+    pb, gb = boundaries(pred), boundaries(gt)
+    if not gb.any():
+        return 1.0
+    disk = np.hypot(*np.mgrid[-tolerance:tolerance + 1, -tolerance:tolerance + 1]) <= tolerance
+    return float((gb & ndimage.binary_dilation(pb, structure=disk)).sum() / gb.sum())
 
 
 def purity(clusters: torch.Tensor, labels: torch.Tensor) -> float:
