@@ -38,11 +38,11 @@ def create_app(cfg: AppConfig | None = None, explorer: Explorer | None = None): 
 def launch_kwargs(cfg: AppConfig) -> dict:
     """Settings of ``demo.launch``: no share links, only ``assets/`` besides Gradio's cache."""
     from .config import ASSETS
-    from .ui import CSS
+    from .ui import CSS, HEAD
 
     host, port = server_address()
     return dict(
-        server_name=host, server_port=port, share=False, ssr_mode=False, css=CSS, max_file_size=cfg.max_file_size,
+        server_name=host, server_port=port, share=False, ssr_mode=False, css=CSS, head=HEAD, max_file_size=cfg.max_file_size,
         allowed_paths=[str(ASSETS)], show_error=True, footer_links=["api"],
     )
 

@@ -15,6 +15,7 @@ import html
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -493,7 +494,67 @@ def compare_images(view: View, level: int) -> tuple[np.ndarray, np.ndarray, str]
 
 __all__ = [
     "colours", "view_colours", "baseline_colours", "overlay", "view_overlay", "base_overlay", "select_overlay", "encode_png",
-    "OverlayStyle", "compare_images",
+    "OverlayStyle", "compare_images", "annotate_overlay", "regions_html", "region_colour",
     "icicle_layout", "icicle_html", "panel_html", "concepts_html",
     "level_predictions_html", "breadcrumb_html", "boundaries", "compare_summary",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotate
+# ---------------------------------------------------------------------------------------------
+
+REGION_COLOURS = [(78, 121, 167), (242, 142, 43), (225, 87, 89), (118, 183, 178), (89, 161, 79), (237, 201, 72),
+                  (176, 122, 161), (255, 157, 167), (156, 117, 95), (186, 176, 172)]
+ACTIVE_COLOUR = (0, 229, 255)
+
+
+def region_colour(annotations: Any, region_id: str) -> tuple[int, int, int]:
+    """A region's colour: one per label, in first-use order."""
+    labels = annotations.labels
+    label = annotations[region_id].label
+    return REGION_COLOURS[labels.index(label) % len(REGION_COLOURS)]
+
+
+def annotate_overlay(view: View, level: int, opacity: float = 0.5) -> np.ndarray:
+    """The photo with the regions (wholes first, parts over them, coloured by label), the
+    segments of ``level`` outlined in white, the picked segments in yellow, the active region in cyan."""
+    from .view import annotations_of, picked_mask, region_mask
+
+    ann = annotations_of(view)
+    out = view.result.photo.astype(np.float32)
+    for region in sorted(ann.regions.values(), key=lambda r: ann.depth(r.id)):
+        m = region_mask(view, region.id)
+        out[m] = out[m] * (1 - opacity) + np.asarray(region_colour(ann, region.id), np.float32) * opacity
+    out = out.astype(np.uint8)
+    out[boundaries(view.maps[Level(int(level))])] = (255, 255, 255)
+    if view.picked:
+        picked = picked_mask(view)
+        out[picked] = (out[picked].astype(np.uint16) * 3 // 4 + np.array(SELECT_COLOUR) // 4).astype(np.uint8)
+        out[_outline(picked, 3)] = SELECT_COLOUR
+    if view.active is not None and view.active in ann.regions:
+        out[_outline(region_mask(view, view.active), 3)] = ACTIVE_COLOUR
+    return out
+
+
+def regions_html(view: View) -> str:
+    """The regions as a tree (parts under their wholes); every row is ``data-region="R3"``."""
+    from .view import annotations_of
+
+    ann = annotations_of(view)
+    if not len(ann):
+        return '<div class="regions muted">No regions yet: pick segments, type a label, press Enter.</div>'
+    w, h = view.size
+
+    def rows(parent: str | None, depth: int) -> str:
+        out = []
+        for r in ann.children(parent):
+            share = float(np.isin(view.maps[Level.L1], np.fromiter(ann.leaves(r.id), np.int64)).sum()) / (w * h)
+            cls = "region active" if r.id == view.active else "region"
+            colour = hex_colour(region_colour(ann, r.id))
+            out.append(f'<li><span class="{cls}" data-region="{r.id}" style="border-color:{colour}">'
+                       f'<b>{html.escape(r.label)}</b> <span class="muted small">{r.id} · {len(r.nodes)} segment'
+                       f'{"s" if len(r.nodes) != 1 else ""} · {share:.1%}</span></span>{rows(r.id, depth + 1)}</li>')
+        return f'<ul class="region-tree">{"".join(out)}</ul>' if out else ""
+
+    return f'<div class="regions">{rows(None, 0)}</div>'

@@ -23,6 +23,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Segmenter, SegmentKey, hub, load_segmenter
+from cast.annotations import Annotations
+from cast.exports import coco_dataset, coco_record, labelstudio_config, labelstudio_record, labelstudio_tasks, write_json
 from cast.image import ImageInput
 from cast.models.hub_mixin import has_weights
 from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, bundled_dir
@@ -31,7 +33,7 @@ from .config import AppConfig, model_device
 
 log = logging.getLogger("cast_explorer")
 
-__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer", "StartupModel", "example_files"]
+__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer", "StartupModel", "example_files", "write_export"]
 
 
 @dataclass(frozen=True)
@@ -394,6 +396,36 @@ def display_photo(src: ImageInput, size: int) -> np.ndarray:
     if img.size != target:
         img = img.resize(target, Image.Resampling.LANCZOS)
     return np.asarray(img)
+
+
+def write_export(tree: Hierarchy, annotations: Annotations, fmt: str, folder: Path) -> Path:
+    """One photo's annotations as a file people take to their tools: ``coco`` (COCO instances,
+    ``coco.json``), ``labelstudio`` (``labelstudio.zip``: tasks + labeling config) or ``json``
+    (``hierarchy.json`` with the annotations). Without regions the raw tree is exported."""
+    folder.mkdir(parents=True, exist_ok=True)
+    name = tree.image_name or "image.png"
+    if fmt == "coco":
+        path = folder / "coco.json"
+        write_json(path, coco_dataset([coco_record(tree, name, annotations)]))
+    elif fmt == "labelstudio":
+        tasks = labelstudio_tasks([labelstudio_record(tree, name, annotations)])
+        path = folder / "labelstudio.zip"
+        tmp = folder / f"labelstudio.{uuid.uuid4().hex}.tmp"
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("labelstudio.json", json.dumps(tasks))
+            z.writestr("labelstudio.xml", labelstudio_config(tasks))
+            z.writestr("README.txt", "Label Studio: create a project, paste labelstudio.xml as its labeling config "
+                       "(Settings > Labeling Interface > Code), then import labelstudio.json (Import). The image "
+                       f"is referred to as {name!r}: upload it or serve it where data.image points.\n")
+        tmp.replace(path)
+    elif fmt == "json":
+        d = tree.to_dict()
+        d["annotations"] = annotations.to_dict() if len(annotations) else None
+        path = folder / "hierarchy.json"
+        write_json(path, d)
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    return path
 
 
 def write_downloads(tree: Hierarchy, folder: Path) -> None:

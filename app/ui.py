@@ -5,7 +5,12 @@ Element ids (stable; tests and scripts use them): ``input-image``, ``model``, ``
 ``overlay``, ``level``, ``opacity``, ``boundaries``, ``dim``, ``equal-width``, ``tree``,
 ``segment-panel``, ``level-predictions``, ``download-json``, ``download-labels``,
 ``download-overlay``, ``hierarchy-json``, ``status``, ``notice``, ``compare-button``,
-``compare-level``, ``compare-cast``, ``compare-vit``, ``compare-summary``.
+``compare-level``, ``compare-cast``, ``compare-vit``, ``compare-summary``; Annotate tab:
+``annotate-tab``, ``annotate-overlay``, ``annotate-level``, ``annotate-picked``, ``region-label``,
+``label-suggestions``, ``add-region``, ``extend-region``, ``shrink-region``, ``relabel-region``,
+``delete-region``, ``clear-picked``, ``undo``, ``redo``, ``region-parent``, ``regions``,
+``annotate-message``, ``export-coco``, ``export-labelstudio``, ``export-json``, ``import-json``,
+``annotate-file``.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ from typing import Any
 
 import gradio as gr
 
+from .annotate import SHORTCUTS, AnnotateCallbacks
 from .callbacks import Callbacks
 from .render import compare_summary, panel_html
 from .service import Explorer, example_files
 from .view import LEVEL_CHOICES
 
-__all__ = ["build", "CSS", "photo_input"]
+__all__ = ["build", "CSS", "HEAD", "photo_input"]
 
 CLICK_JS = """
 element.addEventListener('click', (e) => {
@@ -65,6 +71,11 @@ svg.trend .axis { stroke: currentColor; stroke-opacity: 0.5; }
 .concepts .thumbs { display: inline-flex; gap: 3px; flex-wrap: wrap; }
 .concepts .thumbs img { display: inline-block; width: 40px; height: 40px; margin: 0; border-radius: 3px; object-fit: cover; }
 .concepts .agree { color: #59a14f; font-size: 0.85em; } .concepts .differ { color: #e15759; font-size: 0.85em; }
+#annotate-overlay img { cursor: crosshair; }
+.regions ul.region-tree { list-style: none; padding-left: 14px; margin: 2px 0; }
+.regions .region { display: inline-block; cursor: pointer; border-left: 6px solid #999; padding: 1px 6px; margin: 1px 0;
+                   border-radius: 3px; }
+.regions .region.active { outline: 2px solid #00e5ff; }
 """
 
 INTRO = """# CAST Explorer
@@ -227,8 +238,98 @@ def _wire_compare(page: Page, cb: Callbacks, workers: int) -> None:
                              show_progress="hidden")
 
 
+REGION_CLICK_JS = """
+element.addEventListener('click', (e) => {
+  const t = e.target.closest('[data-region]');
+  if (t) { trigger('select', {index: t.getAttribute('data-region'), value: t.getAttribute('data-region')}); }
+});
+"""
+
+# Page-wide script (launch(head=...)): the shift key of the last click, and the Annotate shortcuts.
+HEAD = """<script>
+window.castShift = false;
+document.addEventListener('mousedown', (e) => { window.castShift = e.shiftKey; }, true);
+document.addEventListener('keydown', (e) => {
+  const tab = document.getElementById('annotate-tab');
+  if (!tab || tab.offsetParent === null) return;  // only while the Annotate tab is shown
+  const typing = ['INPUT', 'TEXTAREA'].includes((document.activeElement || {}).tagName);
+  const press = (id) => { const b = document.getElementById(id); if (b) { e.preventDefault(); b.click(); } };
+  const key = e.key.toLowerCase(), mod = e.ctrlKey || e.metaKey;
+  if (mod && key === 'z' && !e.shiftKey && !typing) press('undo');
+  else if (mod && (key === 'y' || (key === 'z' && e.shiftKey)) && !typing) press('redo');
+  else if (key === 'delete' && !typing) press('delete-region');
+  else if (key === 'escape') press('clear-picked');
+});
+</script>"""
+
+
+def _annotate_tab() -> dict[str, Any]:
+    c: dict[str, Any] = {}
+    with gr.Tab("Annotate", elem_id="annotate-tab") as c["tab"]:
+        gr.Markdown(SHORTCUTS)
+        with gr.Row():
+            with gr.Column(scale=3, min_width=360):
+                c["overlay"] = gr.Image(label="Pick segments (shift-click to add)", type="filepath", format="png",
+                                        interactive=False, elem_id="annotate-overlay")
+                c["level"] = gr.Radio(LEVEL_CHOICES[1:5], value=3, label="Pick at level (segments)", elem_id="annotate-level")
+                c["picked"] = gr.Markdown("", elem_id="annotate-picked")
+            with gr.Column(scale=2, min_width=280):
+                c["label"] = gr.Textbox(label="Label", placeholder="type a label, Enter adds a region", elem_id="region-label")
+                c["suggestions"] = gr.Radio([], label="Suggestions (the model, labels used)", elem_id="label-suggestions")
+                with gr.Row():
+                    c["add"] = gr.Button("Add region", variant="primary", elem_id="add-region")
+                    c["clear"] = gr.Button("Clear picked", elem_id="clear-picked")
+                with gr.Row():
+                    c["extend"] = gr.Button("Extend region", elem_id="extend-region")
+                    c["shrink"] = gr.Button("Shrink region", elem_id="shrink-region")
+                    c["relabel"] = gr.Button("Relabel", elem_id="relabel-region")
+                    c["delete"] = gr.Button("Delete region", elem_id="delete-region")
+                with gr.Row():
+                    c["undo"] = gr.Button("Undo", elem_id="undo")
+                    c["redo"] = gr.Button("Redo", elem_id="redo")
+                c["parent"] = gr.Dropdown([], label="Part of", interactive=False, elem_id="region-parent")
+                c["regions"] = gr.HTML('<div class="regions muted">No regions yet.</div>', js_on_load=REGION_CLICK_JS,
+                                       elem_id="regions")
+                c["message"] = gr.Markdown("", elem_id="annotate-message")
+        with gr.Row():
+            c["export_coco"] = gr.Button("Export COCO", elem_id="export-coco")
+            c["export_ls"] = gr.Button("Export Label Studio", elem_id="export-labelstudio")
+            c["export_json"] = gr.Button("Export hierarchy.json", elem_id="export-json")
+            c["import"] = gr.UploadButton("Import hierarchy.json", file_types=[".json"], elem_id="import-json")
+        c["file"] = gr.File(label="Exported file", interactive=False, elem_id="annotate-file")
+    return c
+
+
+def _wire_annotate(c: dict[str, Any], view: gr.State, ac: AnnotateCallbacks) -> None:
+    outs = [view, c["overlay"], c["regions"], c["picked"], c["suggestions"], c["parent"], c["message"]]
+    quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
+    lv = c["level"]
+    c["tab"].select(ac.show, [view, lv], outs, **quiet)
+    lv.input(ac.show, [view, lv], outs, **quiet)
+    shift = gr.Checkbox(False, visible=False)
+    c["overlay"].select(ac.on_click, [view, lv, shift], outs, js="(view, level, shift) => [view, level, window.castShift]",
+                        trigger_mode="always_last", **quiet)
+    c["clear"].click(ac.clear, [view, lv], outs, **quiet)
+    for trigger in (c["add"].click, c["label"].submit):
+        trigger(ac.add_region, [view, lv, c["label"]], outs, **quiet).success(lambda: "", None, c["label"], **quiet)
+    c["suggestions"].select(lambda choice: choice, c["suggestions"], c["label"], **quiet)
+    c["extend"].click(ac.extend, [view, lv], outs, **quiet)
+    c["shrink"].click(ac.shrink, [view, lv], outs, **quiet)
+    c["relabel"].click(ac.relabel, [view, lv, c["label"]], outs, **quiet)
+    c["delete"].click(ac.delete, [view, lv], outs, **quiet)
+    c["undo"].click(ac.undo, [view, lv], outs, **quiet)
+    c["redo"].click(ac.redo, [view, lv], outs, **quiet)
+    c["parent"].input(ac.set_parent, [view, lv, c["parent"]], outs, **quiet)
+    c["regions"].select(ac.on_region_click, [view, lv], [*outs, c["label"]], **quiet)
+    c["export_coco"].click(ac.export_coco, [view], c["file"], **quiet)
+    c["export_ls"].click(ac.export_labelstudio, [view], c["file"], **quiet)
+    c["export_json"].click(ac.export_json, [view], c["file"], **quiet)
+    c["import"].upload(ac.import_json, [view, lv, c["import"]], outs, **quiet)
+
+
 def build(explorer: Explorer) -> gr.Blocks:
-    """The page: layout, then the wiring of every event to :class:`~app.callbacks.Callbacks`."""
+    """The page: layout, then the wiring of every event to :class:`~app.callbacks.Callbacks`
+    (and :class:`~app.annotate.AnnotateCallbacks`)."""
     cb = Callbacks(explorer)
     with gr.Blocks(title="CAST Explorer", delete_cache=(900, 3600)) as demo:
         view = gr.State(None, time_to_live=explorer.cfg.session_ttl)
@@ -237,8 +338,10 @@ def build(explorer: Explorer) -> gr.Blocks:
         notice = gr.Markdown(explorer.notice or "", elem_id="notice", visible=bool(explorer.notice))
         startup_timer = gr.Timer(2.0, active=False)
         page = Page(view=view, active_model=active_model, **_explore_tab(explorer), **_compare_tab())
+        annotate = _annotate_tab()
         _wire_explore(page, cb, explorer.cfg.workers)
         _wire_compare(page, cb, explorer.cfg.workers)
+        _wire_annotate(annotate, view, AnnotateCallbacks(explorer))
         startup = [notice, page.model, page.active_model, startup_timer]
         demo.load(cb.page_open, None, startup, api_visibility="private", show_progress="hidden")
         startup_timer.tick(cb.poll_startup, [page.model, page.active_model], startup, api_visibility="private",

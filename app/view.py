@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cast.annotations import Annotations
 from cast.hierarchy import Hierarchy
 from cast.keys import ROOT, Level, SegmentKey
 
@@ -107,6 +108,9 @@ class View:
     compare_point: tuple[int, int] | None = None  # last clicked pixel in the compare view
     session: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this session's overlay file
     cache: DrawCache = field(default_factory=DrawCache)
+    annotations: Annotations | None = None  # this person's regions (the tree itself is shared)
+    picked: list[SegmentKey] = field(default_factory=list)  # segments picked in the Annotate tab
+    active: str | None = None  # the region being edited
 
     @classmethod
     def of(cls, result: Result) -> View:
@@ -187,3 +191,59 @@ class View:
         cast_mask, vit_mask = self.maps[lv] == cast_id, self.baseline_maps[lv] == vit_id
         iou = np.count_nonzero(cast_mask & vit_mask) / max(np.count_nonzero(cast_mask | vit_mask), 1)
         return CompareSelection(lv, SegmentKey(lv, cast_id), SegmentKey(lv, vit_id), cast_mask, vit_mask, float(iou))
+
+
+# -- annotating ----------------------------------------------------------------------------
+
+
+def annotations_of(view: View) -> Annotations:
+    """The view's annotations (created empty on first use)."""
+    if view.annotations is None:
+        view.annotations = Annotations(view.tree)
+    return view.annotations
+
+
+def pick(view: View, key: SegmentKey, add: bool) -> None:
+    """Pick a segment (``add``: add it to the picked ones, or drop it if it was picked)."""
+    if not key.is_node:
+        raise KeyError(f"{key} is not a segment of the tree: pick at levels 1-4")
+    if not add:
+        view.picked = [key]
+    elif key in view.picked:
+        view.picked = [k for k in view.picked if k != key]
+    else:
+        view.picked = [*view.picked, key]
+
+
+def picked_mask(view: View) -> np.ndarray:
+    """``[h, w]`` bool mask of the picked segments at display size."""
+    out = np.zeros(view.maps[Level.WHOLE].shape, bool)
+    for key in view.picked:
+        out |= view.maps[key.level] == key.id
+    return out
+
+
+def region_mask(view: View, region_id: str) -> np.ndarray:
+    """``[h, w]`` bool mask of a region at display size."""
+    leaves = np.fromiter(annotations_of(view).leaves(region_id), np.int64)
+    return np.isin(view.maps[Level.L1], leaves)
+
+
+def label_suggestions(view: View, limit: int = 6) -> list[str]:
+    """Labels to offer for the picked segments: the model's predictions for them (masked-image
+    recognition first, then their own tokens), then the labels already used."""
+    tree, out = view.tree, []
+    for key in view.picked:
+        masked = tree.segment_predictions.get(key) or []
+        own = tree.node(key).predictions or []
+        out += [lbl for lbl, _ in masked[:2]] + [lbl for lbl, _ in own[:2]]
+    out += annotations_of(view).labels
+    return list(dict.fromkeys(out))[:limit]
+
+
+def picked_summary(view: View) -> str:
+    if not view.picked:
+        return "Click segments to pick them (shift-click adds more), type a label, press Enter."
+    share = float(picked_mask(view).mean())
+    keys = ", ".join(str(k) for k in view.picked[:8]) + (" …" if len(view.picked) > 8 else "")
+    return f"**{len(view.picked)} picked** ({keys}) · {share:.1%} of the image"

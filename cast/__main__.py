@@ -1,9 +1,13 @@
-"""Command line: ``python -m cast segment IMAGE_OR_DIR... --model SOURCE --out DIR``.
+"""Command line.
 
-Writes one folder per image (``hierarchy.json``, ``level1..4.png``, ``superpixels.png``; label maps
-at the photo's resolution with boundaries that follow it, ``--no-refine`` for nearest lookup). Files
-that cannot be read are reported by name and skipped; the exit code is 1 if any input failed,
-2 if the model could not be loaded.
+``python -m cast segment IMAGE_OR_DIR... --model SOURCE --out DIR [--format json,coco,labelstudio]``
+writes one folder per image (``json``: ``hierarchy.json``, ``level1..4.png``, ``superpixels.png``)
+and/or ``DIR/coco.json`` and ``DIR/labelstudio.json`` + ``labelstudio.xml`` for all images (label
+maps at the photo's resolution with boundaries that follow it, ``--no-refine`` for nearest lookup).
+It is resumable (images already done are skipped) and splits with ``--shard I/N``;
+``python -m cast merge OUT1 OUT2 ... --out DIR`` combines the shards (:mod:`cast.batch`). Files that
+cannot be read are reported by name and skipped; the exit code is 1 if any input failed, 2 if the
+model could not be loaded or the arguments are wrong.
 """
 
 from __future__ import annotations
@@ -43,12 +47,22 @@ def _out_names(files: list[Path]) -> list[str]:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from . import CastError, load_segmenter
+    from .batch import FORMATS, BatchJob, parse_shard, run
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        print(f"error: --format takes a comma list of {', '.join(FORMATS)}; got {args.format!r}", file=sys.stderr)
+        return 2
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     files, missing = _collect(args.inputs, args.recursive)
     for m in missing:
         print(f"error: {m}: no such file or folder", file=sys.stderr)
@@ -56,32 +70,33 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print("error: no images found", file=sys.stderr)
         return 1
     try:
-        predictor = load_segmenter(args.model, device=args.device, refine=not args.no_refine)
+        segmenter = load_segmenter(args.model, device=args.device, refine=not args.no_refine)
     except CastError as e:
         print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    failed = list(missing)
-    bar = tqdm(list(zip(files, _out_names(files))), unit="img", disable=args.quiet or None)
-    for f, name in bar:
-        bar.set_postfix_str(f.name[-30:])
-        try:
-            tree = predictor(f)
-            if args.segment_predictions and predictor.has_head:
-                levels = [int(v) for v in args.segment_predictions.split(",")]
-                predictor.predict_segments(tree, [n.key for n in tree.nodes if n.level in levels])
-            tree.save(out / name)
-        except CastError as e:
-            failed.append(str(f))
-            tqdm.write(f"skipped {f}: {e}", file=sys.stderr)
-        except MemoryError:
-            failed.append(str(f))
-            tqdm.write(f"skipped {f}: out of memory", file=sys.stderr)
-    done = len(files) - (len(failed) - len(missing))
-    print(f"{done} of {len(files) + len(missing)} inputs segmented into {out}", file=sys.stderr)
+    levels = tuple(int(v) for v in args.segment_predictions.split(",") if v.strip()) if args.segment_predictions else ()
+    job = BatchJob(files, _out_names(files), Path(args.out), formats, max(1, args.batch_size), max(0, args.workers),
+                   max(0, args.writers), shard, levels, args.image_root, progress=not args.quiet)
+    done = run(job, segmenter)
+    mine = sum(len(b) for b in job.batches())
+    print(f"{done} segmented now, {mine - len(job.failed)} of {mine} inputs of this shard done in {job.out}"
+          + (f" (shard {shard[0]}/{shard[1]} of {len(files)})" if shard[1] > 1 else ""), file=sys.stderr)
+    failed = [*missing, *job.failed]
     if failed:
         print("failed: " + ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .batch import merge
+
+    try:
+        images, formats = merge([Path(o) for o in args.outputs], Path(args.out))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"merged {images} images ({formats} formats) into {args.out}", file=sys.stderr)
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -108,12 +123,24 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--recursive", action="store_true", help="also look inside sub-folders")
     seg.add_argument("--segment-predictions", default="", metavar="LEVELS",
                      help="comma-separated levels (e.g. 3,4) whose segments get masked-image recognition")
+    seg.add_argument("--format", default="json", help="comma list: json (one folder per image), coco (OUT/coco.json), "
+                     "labelstudio (OUT/labelstudio.json + .xml)")
+    seg.add_argument("--shard", default="0/1", metavar="I/N", help="process the I-th of N parts (merge them with `merge`)")
+    seg.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    seg.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images and computing superpixels")
+    seg.add_argument("--writers", type=int, default=2,
+                     help="processes that build the trees and write the outputs while the next batch runs (0: none)")
+    seg.add_argument("--image-root", default="", help="prefix of Label Studio's data.image (e.g. /data/local-files/?d=photos)")
     seg.add_argument("--no-refine", action="store_true",
                      help="label maps carried from the model's size by nearest lookup (no boundary refinement)")
     seg.add_argument("--device", default=None, help="torch device (default cpu)")
     seg.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
     seg.set_defaults(func=cmd_segment)
+    mg = sub.add_parser("merge", help="combine the COCO / Label Studio files of --shard outputs")
+    mg.add_argument("outputs", nargs="+", help="output folders of `segment` runs")
+    mg.add_argument("--out", required=True)
+    mg.set_defaults(func=cmd_merge)
     models = sub.add_parser("models", help="list the published and bundled models")
     models.set_defaults(func=cmd_models)
     args = parser.parse_args(argv)

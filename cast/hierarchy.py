@@ -5,10 +5,10 @@ Segment ids are compact per level (``0..n_l-1``), ordered top-down: level-4 segm
 area, then each finer level grouped by parent (in the parent's order) and by decreasing area. So a
 depth-first walk of the tree visits ids in increasing order, which keeps icicle plots tidy.
 
-JSON schema (``schema == "cast-hierarchy"``, ``version == 1``)::
+JSON schema (``schema == "cast-hierarchy"``, ``version == 2``; version 1 had no ``"annotations"``)::
 
     {
-      "schema": "cast-hierarchy", "version": 1,
+      "schema": "cast-hierarchy", "version": 2,
       "image": {"width": W, "height": H, "name": str, "notes": [conversions made when reading]},
       "model": {ModelInfo fields, class_names omitted},
       "levels": [{"level": 1, "num_segments": n_1, "num_clusters": K_1}, ... 4 entries],
@@ -22,6 +22,8 @@ JSON schema (``schema == "cast-hierarchy"``, ``version == 1``)::
                   (HIRL models: the image's fine-to-coarse concept path; each node also has
                    "concepts": [nearest prototype per concept level] | null),
       "superpixels": {"count": S, "working_size": [w, h], "to_level1": [level-1 id per superpixel]},
+      "annotations": {"allow_overlap": bool, "next_id": int, "regions": [{"id": "R1", "label": str,
+                      "nodes": ["L2-5", ...], "parent": "R0" | null}, ...]} | null (cast.annotations),
       "timings": {"stage": seconds, ...}
     }
 
@@ -48,7 +50,7 @@ from .refine import RefineSettings, axis_map, refine_labels
 __all__ = ["Node", "Hierarchy", "Readout", "build_hierarchy", "SCHEMA_NAME", "SCHEMA_VERSION", "boundaries", "Prediction"]
 
 SCHEMA_NAME = "cast-hierarchy"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "annotations" (cast.annotations); files of version 1 are read as having none
 
 Prediction = tuple[str, float]
 
@@ -136,6 +138,7 @@ class Hierarchy:
     image_notes: tuple[str, ...] = ()  # conversions made when reading the input (cast.image.ImageInput.notes)
     concepts: list[Any] | None = None  # the image's semantic path, cast.concepts.ConceptStep per level (HIRL models)
     segment_predictions: dict[SegmentKey, list[Prediction]] = field(default_factory=dict)
+    annotations: Any = None  # cast.annotations.Annotations of this tree, when someone annotated it
 
     # -- access ----------------------------------------------------------------------------
     @property
@@ -256,6 +259,7 @@ class Hierarchy:
                 "working_size": [int(self.working_superpixels.shape[1]), int(self.working_superpixels.shape[0])],
                 "to_level1": self.superpixel_to_level1.astype(int).tolist(),
             },
+            "annotations": None if self.annotations is None else self.annotations.to_dict(),
             "timings": {k: round(v, 6) for k, v in self.timings.items()},
         }
 

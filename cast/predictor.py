@@ -22,7 +22,7 @@ from .hierarchy import Readout
 from .loading import load_concepts_of, load_model
 from .models import CAST
 from .refine import RefineSettings
-from .segmenter import Segmenter
+from .segmenter import Prepared, Segmenter
 from .superpixels import SuperpixelSettings
 from .weights import BUNDLED
 
@@ -80,22 +80,43 @@ class Predictor(Segmenter):
         sp = np.stack([self.compute_superpixels(im) for im in images])
         return self.normalise(images), torch.from_numpy(sp).to(self.device), int(sp.max()) + 1
 
+    def prepare_inputs(self, work: np.ndarray) -> np.ndarray:
+        return self.compute_superpixels(work)
+
     def read(self, work: np.ndarray) -> Readout:
         """Superpixels, one forward pass and the readout of one working-size image."""
         t0 = time.perf_counter()
         sp = self.compute_superpixels(work)
         t1 = time.perf_counter()
-        out = self._forward(self.normalise(work[None]), torch.from_numpy(sp)[None].to(self.device), int(sp.max()) + 1)
-        readout = Readout(sp, [t[0].cpu().numpy() for t in out.token_labels], self.model.num_clusters)
-        if self.has_head:
-            assert out.level_logits is not None and out.segment_logits is not None
-            readout.level_probs = [lg[0].float().softmax(-1).cpu().numpy() for lg in out.level_logits]
-            readout.segment_probs = [lg[0].float().softmax(-1).cpu().numpy() for lg in out.segment_logits]
-        if self.concepts is not None:
-            readout.concepts = self.concepts.path(out.features[:1].float())[0]
-            readout.segment_concepts = [self.concepts.nearest(f[0].float()).cpu().numpy() for f in out.segment_features]
-        readout.timings = {"superpixels": t1 - t0, "forward": time.perf_counter() - t1}
+        readout = self._forward_readouts([work], [sp])[0]
+        readout.timings = {"superpixels": t1 - t0, **readout.timings}
         return readout
+
+    def read_batch(self, items: list[Prepared]) -> list[Readout]:
+        """One batched forward pass over prepared images. (In a batch every image has as many
+        superpixel tokens as the one with the most, the rest being padding; the published model
+        attends to padding, so outputs can differ slightly from one image at a time.)"""
+        return self._forward_readouts([it.work for it in items], [it.superpixels for it in items])
+
+    def _forward_readouts(self, works: list[np.ndarray], sps: list[np.ndarray]) -> list[Readout]:
+        t0 = time.perf_counter()
+        sp = np.stack(sps)
+        out = self._forward(self.normalise(np.stack(works)), torch.from_numpy(sp).to(self.device), int(sp.max()) + 1)
+        readouts = []
+        for b in range(len(works)):
+            r = Readout(sps[b], [t[b].cpu().numpy() for t in out.token_labels], self.model.num_clusters)
+            if self.has_head:
+                assert out.level_logits is not None and out.segment_logits is not None
+                r.level_probs = [lg[b].float().softmax(-1).cpu().numpy() for lg in out.level_logits]
+                r.segment_probs = [lg[b].float().softmax(-1).cpu().numpy() for lg in out.segment_logits]
+            if self.concepts is not None:
+                r.concepts = self.concepts.path(out.features[b:b + 1].float())[0]
+                r.segment_concepts = [self.concepts.nearest(f[b].float()).cpu().numpy() for f in out.segment_features]
+            readouts.append(r)
+        share = (time.perf_counter() - t0) / len(works)
+        for r in readouts:
+            r.timings = {"forward": share}
+        return readouts
 
 
 def load_segmenter(source: str | os.PathLike[str] | torch.nn.Module = BUNDLED, device: str | torch.device | None = None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,9 +33,21 @@ from .keys import SegmentKey
 from .refine import RefineSettings, refinement_size
 from .weights import ModelInfo
 
-__all__ = ["Segmenter", "MASK_GREY"]
+__all__ = ["Segmenter", "Prepared", "MASK_GREY"]
 
 MASK_GREY = 0.5  # value (before normalisation) of everything outside a segment in masked recognition
+
+
+@dataclass
+class Prepared:
+    """One image ready for the model (what :meth:`Segmenter.prepare` returns)."""
+
+    src: ImageInput  # the decoded photo (at the size its boundaries are refined at)
+    work: np.ndarray  # [S, S, 3] uint8, the photo as the model sees it
+    superpixels: np.ndarray | None  # [S, S] int64 for models that read superpixels
+    detail: np.ndarray | None  # the photo at the refinement size (None: nothing to refine)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of the steps so far
+    started: float = 0.0  # perf_counter when preparation began (0: unknown, e.g. another process)
 
 
 class Segmenter:
@@ -132,17 +145,39 @@ class Segmenter:
         Raises:
             cast.ImageReadError: unreadable, truncated, too large or empty input.
         """
+        item = self.prepare(image)
+        return self.finish(item, self.read_batch([item])[0])
+
+    def prepare(self, image: ImageLike | ImageInput) -> Prepared:
+        """The CPU work before the model (safe to run in DataLoader workers): decode, resize to the
+        working size, model-specific inputs (:meth:`prepare_inputs`), the detail image."""
         t0 = time.perf_counter()
         src = self.load(image)
         work = self.to_model_image(src.rgb)
         t1 = time.perf_counter()
-        readout = self.read(work)
+        superpixels = self.prepare_inputs(work)
         t2 = time.perf_counter()
-        tree = build_hierarchy(readout, work, src.size, class_names=self.info.class_names if self.has_head else None,
+        timings = {"read": t1 - t0, **({"superpixels": t2 - t1} if superpixels is not None else {})}
+        return Prepared(src, work, superpixels, self.detail_image(src), timings, t0)
+
+    def prepare_inputs(self, work: np.ndarray) -> np.ndarray | None:
+        """What the model needs besides the image (CAST: superpixels), computed on the CPU."""
+        return None
+
+    def read_batch(self, items: list[Prepared]) -> list[Readout]:
+        """The readouts of prepared images (subclasses may run them as one batch)."""
+        return [self.read(item.work) for item in items]
+
+    def finish(self, item: Prepared, readout: Readout) -> Hierarchy:
+        """Build the tree of a prepared image from its readout (boundaries refined at the detail size)."""
+        t2 = time.perf_counter()
+        src = item.src
+        tree = build_hierarchy(readout, item.work, src.size, class_names=self.info.class_names if self.has_head else None,
                                top_k=self.top_k, image_name=src.name, image_notes=src.notes, model=self.describe(),
-                               detail_image=self.detail_image(src), refine=self.refine)
+                               detail_image=item.detail, refine=self.refine)
         t3 = time.perf_counter()
-        tree.timings = {"read": t1 - t0, **readout.timings, "readout": t3 - t2, **tree.timings, "total": t3 - t0}
+        tree.timings = {**item.timings, **readout.timings, "readout": t3 - t2, **tree.timings,
+                        "total": t3 - item.started if item.started else sum(item.timings.values()) + t3 - t2}
         return tree
 
     def describe(self) -> dict:

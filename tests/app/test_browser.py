@@ -105,3 +105,55 @@ def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__, "-q"])
+
+
+def test_annotate_two_segments_label_undo_redo_export(app_server, uploads):
+    """The Annotate flow: pick two segments (the second with shift), label them, undo, redo,
+    export COCO and read the file."""
+    import json
+
+    from playwright.sync_api import expect, sync_playwright
+    from pycocotools import mask as mask_utils
+
+    url, explorer = app_server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1600})
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url, wait_until="domcontentloaded")
+            page.wait_for_selector("#input-image input[type=file]", state="attached", timeout=30_000)
+            page.set_input_files("#input-image input[type=file]", str(uploads["wide.jpg"]))
+            page.wait_for_selector('#tree rect[data-node="L4-0"]', timeout=60_000)
+            page.get_by_role("tab", name="Annotate").click()
+            overlay = page.locator("#annotate-overlay img")
+            overlay.wait_for(timeout=30_000)
+            click_at(overlay, 0.25, 0.5)
+            expect(page.locator("#annotate-picked")).to_contain_text("1 picked", timeout=30_000)
+            page.keyboard.down("Shift")
+            click_at(overlay, 0.75, 0.5)
+            page.keyboard.up("Shift")
+            expect(page.locator("#annotate-picked")).to_contain_text("2 picked", timeout=30_000)
+            page.locator("#region-label textarea").fill("sky and sea")
+            page.locator("#region-label textarea").press("Enter")
+            expect(page.locator("#regions")).to_contain_text("sky and sea", timeout=30_000)
+            expect(page.locator("#regions .region")).to_have_count(1)
+            page.locator("#undo").click()
+            expect(page.locator("#regions")).to_contain_text("No regions yet", timeout=30_000)
+            page.keyboard.press("Control+y")  # the documented shortcut for redo
+            expect(page.locator("#regions")).to_contain_text("sky and sea", timeout=30_000)
+            page.locator("#export-coco").click()
+            link = page.locator("#annotate-file a").first
+            link.wait_for(timeout=30_000)
+            assert not errors, errors
+        finally:
+            browser.close()
+    exported = sorted(explorer.root.glob("sessions/*/coco.json"), key=lambda f: f.stat().st_mtime)[-1]
+    coco = json.loads(exported.read_text())
+    assert [c["name"] for c in coco["categories"]] == ["sky and sea"] and len(coco["annotations"]) == 1
+    (ann,) = coco["annotations"]
+    assert ann["node"] == "R1" and ann["parent_id"] is None and coco["images"][0]["width"] == 1000
+    seg = ann["segmentation"]
+    mask = mask_utils.decode({"size": seg["size"], "counts": seg["counts"].encode()})
+    assert mask.shape == (600, 1000) and 0 < mask.sum() == ann["area"]
