@@ -1,7 +1,9 @@
 """CAST Explorer's web app (Gradio). Start it with ``python app.py``.
 
 Modules: ``config`` (settings), ``service`` (models, segmentation, downloads; no Gradio), ``view``
-(a session's display maps, selection and comparison; no Gradio), ``render`` (overlay, tree, panels),
+(a session's display maps, selection and comparison; no Gradio), ``sessions`` (the memory budget
+over all sessions; no Gradio), ``autosave`` (annotations saved after every edit; no Gradio),
+``render`` (overlay, tree, panels),
 ``callbacks`` (the event handlers), ``ui`` (layout and event wiring). The app uses the model library
 only through its public API (``cast.load_segmenter``, ``cast.Hierarchy``, ``cast.SegmentKey``).
 """
@@ -21,8 +23,10 @@ def create_app(cfg: AppConfig | None = None, explorer: Explorer | None = None): 
     """Build the Blocks app (queued) and the engine behind it; returns ``(demo, explorer)``."""
     import torch
 
+    from .sessions import tune_malloc
     from .ui import build
 
+    tune_malloc()  # memory freed by sessions and big photos goes back to the system (glibc)
     explorer = explorer or Explorer(cfg)
     cfg = explorer.cfg
     if cfg.threads:

@@ -9,18 +9,23 @@ the files :func:`app.service.write_export`.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from cast import CastError
-from cast.annotations import AnnotationError, read_annotations
+from cast.annotations import AnnotationError, Annotations, read_annotations
+from cast.labelmaps import MapsUnavailableError
 
-from .callbacks import timed
+from .autosave import AUTOSAVE_SCHEMA
+from .callbacks import expired_error, live_view, timed
 from .render import annotate_overlay, encode_png, regions_html
 from .service import Explorer, write_export
-from .view import View, annotations_of, label_suggestions, pick, picked_summary
+from .view import EXPIRED, View, annotations_of, label_suggestions, pick, picked_summary
+
+log = logging.getLogger("cast_explorer")
 
 __all__ = ["AnnotateCallbacks", "SHORTCUTS", "NO_PARENT", "ANNOTATE_OUTPUTS"]
 
@@ -58,35 +63,48 @@ class AnnotateCallbacks:
         return (view, str(path), regions_html(view), picked_summary(view),
                 gr.update(choices=label_suggestions(view), value=None), parent_update, message)
 
+    def _live(self, view: View | None) -> View:
+        return live_view(self.explorer, view, _no_image)
+
     def _edit(self, view: View | None, level: int, action: Any, done: str) -> tuple[Any, ...]:
-        if view is None:
-            raise _no_image()
+        view = self._live(view)
         try:
             result = action(annotations_of(view))
         except (AnnotationError, KeyError, ValueError) as e:
             short = getattr(e, "short", "that edit is not possible")
             gr.Warning(str(e), title=short)
             return self.render(view, level, f"⚠ {short}")
+        self.save(view)
         return self.render(view, level, done.format(result=result))
+
+    def save(self, view: View) -> None:
+        """Autosave the view's annotations (after every edit; atomic, see :mod:`app.autosave`)."""
+        if view.autosave is None or view.annotations is None:
+            return
+        try:
+            self.explorer.autosave.save(view.autosave, view.annotations.to_dict(), view.tree.image_name,
+                                        view.result.sha1, view.result.model)
+        except OSError as e:
+            log.warning("autosave %s failed: %s", view.autosave, e)
+            gr.Warning(f"Your annotations could not be saved on the server ({e.strerror}); export them to keep them.",
+                       title="Autosave failed")
 
     # -- picking ---------------------------------------------------------------------------
     def show(self, view: View | None, level: int):
         """The tab was opened (or the photo changed)."""
-        if view is None:
+        if view is None or view.expired:
             return (gr.skip(),) * ANNOTATE_OUTPUTS
         return self.render(view, level)
 
     @timed
     def on_click(self, view: View | None, level: int, shift: bool, evt: gr.SelectData):
-        if view is None:
-            raise _no_image()
+        view = self._live(view)
         x, y = evt.index
         pick(view, view.key_at(x, y, int(level)), add=bool(shift))
         return self.render(view, level)
 
     def clear(self, view: View | None, level: int):
-        if view is None:
-            raise _no_image()
+        view = self._live(view)
         view.picked = []
         return self.render(view, level)
 
@@ -124,7 +142,8 @@ class AnnotateCallbacks:
 
     @timed
     def set_parent(self, view: View | None, level: int, parent: str | None):
-        if view is None or view.active is None:
+        view = self._live(view)
+        if view.active is None:
             return (gr.skip(),) * ANNOTATE_OUTPUTS
         target = None if parent in (None, NO_PARENT) else parent
         if annotations_of(view)[view.active].parent == target:
@@ -141,8 +160,7 @@ class AnnotateCallbacks:
 
     @timed
     def on_region_click(self, view: View | None, level: int, evt: gr.SelectData):
-        if view is None:
-            raise _no_image()
+        view = self._live(view)
         rid = str(evt.index)
         if rid not in annotations_of(view).regions:
             raise gr.Error(f"no region {rid!r}")
@@ -157,9 +175,15 @@ class AnnotateCallbacks:
 
     # -- files -----------------------------------------------------------------------------
     def export(self, view: View | None, fmt: str) -> str:
-        if view is None:
-            raise _no_image()
-        return str(write_export(view.tree, annotations_of(view), fmt, self.folder / view.session))
+        if view is not None and view.expired and fmt == "json" and view.autosave is not None and view.autosave.is_file():
+            gr.Warning(f"{EXPIRED} Your autosaved annotations are downloaded instead (import them after segmenting "
+                       "the photo again).", title="Session expired")
+            return str(view.autosave)
+        view = self._live(view)
+        try:
+            return str(write_export(view.tree, annotations_of(view), fmt, self.folder / view.session))
+        except MapsUnavailableError:  # the disk cache removed this photo's label maps
+            raise expired_error() from None
 
     def export_coco(self, view: View | None) -> str:
         return self.export(view, "coco")
@@ -171,11 +195,19 @@ class AnnotateCallbacks:
         return self.export(view, "json")
 
     def import_json(self, view: View | None, level: int, file: Any):
-        if view is None:
-            raise _no_image()
+        view = self._live(view)
         path = Path(file if isinstance(file, str) else getattr(file, "name", ""))
         try:
-            ann = read_annotations(json.loads(path.read_text()), view.tree)
+            doc = json.loads(path.read_text())
+            if isinstance(doc, dict) and doc.get("schema") == AUTOSAVE_SCHEMA:  # an autosave file downloaded earlier
+                image = doc.get("image") if isinstance(doc.get("image"), dict) else {}
+                if image.get("sha1") != view.result.sha1 or doc.get("model") != view.result.model:
+                    raise gr.Error(f"{path.name} holds annotations of another photo or model ({image.get('name', '?')}, "
+                                   f"{doc.get('model', '?')}); segment that photo with that model first",
+                                   title="Cannot import")
+                ann: Annotations | None = Annotations.from_dict(doc.get("annotations") or {}, view.tree)
+            else:
+                ann = read_annotations(doc, view.tree)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             raise gr.Error(f"{path.name} is not a JSON file", title="Cannot import") from None
         except CastError as e:
@@ -183,4 +215,5 @@ class AnnotateCallbacks:
         if ann is None:
             raise gr.Error(f"{path.name} holds no annotations", title="Nothing to import")
         view.annotations, view.picked, view.active = ann, [], None
+        self.save(view)
         return self.render(view, level, f"imported {len(ann)} regions from {path.name}")

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 import gradio as gr
@@ -30,9 +31,9 @@ from .render import (
     view_overlay,
 )
 from .service import Explorer, Result
-from .view import View
+from .view import EXPIRED, View
 
-__all__ = ["Callbacks", "SEGMENT_OUTPUTS", "gpu"]
+__all__ = ["Callbacks", "SEGMENT_OUTPUTS", "gpu", "live_view", "expired_error"]
 
 log = logging.getLogger("cast_explorer")
 
@@ -96,6 +97,20 @@ def no_image() -> gr.Error:
     return gr.Error("The session has expired or no image is segmented yet: segment a photo first.", title="No image")
 
 
+def expired_error() -> gr.Error:
+    return gr.Error(EXPIRED, title="Session expired")
+
+
+def live_view(explorer: Explorer, view: View | None, missing: Any = no_image) -> View:
+    """The session's view, marked as used now; a clear message when there is none or it expired."""
+    if view is None:
+        raise missing()
+    if view.expired:
+        raise expired_error()
+    explorer.sessions.touch(view)
+    return view
+
+
 class Callbacks:
     """Every event handler of the page; ``controls`` are (level, opacity, boundaries, dim, equal widths)."""
 
@@ -132,7 +147,8 @@ class Callbacks:
 
     # -- segmenting ------------------------------------------------------------------------
     @timed
-    def segment(self, image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
+    def segment(self, image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
+                request: gr.Request | None = None):
         """Segment a photo into CAST's part-to-whole tree.
 
         Returns the overlay, the tree, the panels, the download files and the hierarchy as JSON
@@ -146,16 +162,44 @@ class Callbacks:
             raise user_error(e) from None
         for note in result.tree.image_notes:
             gr.Warning(f"{result.tree.image_name}: {note}", title="Image converted")
-        view = View.of(result)
+        view = View.of(result, page=getattr(request, "session_hash", None))
+        self.explorer.sessions.register(view)  # may release the least recently used sessions
         overlay_path, tree_html = self.draw(view, level, opacity, bounds, dim, equal)
         panel, concepts = self.panels(view)
         return (view, overlay_path, tree_html, panel, level_predictions_html(result.tree), str(result.json_path),
                 str(result.labels_path), overlay_path, result.tree.to_dict(), self.status_text(view), concepts)
 
-    def resegment(self, image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
+    def resegment(self, image: str | None, model: str, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
+                  request: gr.Request | None = None):
         if image is None:
             return (gr.skip(),) * SEGMENT_OUTPUTS
-        return self.segment(image, model, level, opacity, bounds, dim, equal)
+        return self.segment(image, model, level, opacity, bounds, dim, equal, request)
+
+    def restore(self, view: View | None, browser: str | None):
+        """After segmenting: where this browser's annotations of this photo are saved, and the
+        regions saved there earlier (an expired session, an app restart), if any."""
+        store = self.explorer.autosave
+        if view is None or view.expired or not store.valid_browser(browser):
+            return gr.skip()
+        assert browser is not None
+        view.autosave = store.path(browser, view.result.sha1, view.result.model)
+        saved = store.load(view.autosave)
+        if saved is None or view.annotations is not None:
+            return view
+        from cast.annotations import Annotations
+
+        try:
+            ann = Annotations.from_dict(saved.annotations, view.tree)
+        except (CastError, KeyError, ValueError, TypeError) as e:
+            log.warning("autosave %s not restored: %s", saved.path.name, e)
+            return view
+        if len(ann):
+            view.annotations = ann
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved.saved))
+            regions = f"{len(ann)} region{'s' if len(ann) != 1 else ''}"
+            gr.Info(f"Restored {regions} you made on this photo (saved {when}): see the Annotate tab.",
+                    title="Annotations restored")
+        return view
 
     def change_model(self, model: str, previous: str):
         if model == previous:
@@ -169,12 +213,15 @@ class Callbacks:
         return model, gr.skip(), model
 
     # -- the default model while the app starts --------------------------------------------
-    def page_open(self):
-        """A new page: the current default model, the notice, and polling while the default loads."""
+    def page_open(self, browser: str | None):
+        """A new page: the current default model, the notice, polling while the default loads, and
+        this browser's id (kept in its local storage; made on its first visit)."""
         startup = self.explorer.startup
         notice = startup.notice
+        if not self.explorer.autosave.valid_browser(browser):
+            browser = uuid.uuid4().hex
         return (gr.update(value=notice or "", visible=bool(notice)), startup.current, startup.current,
-                gr.Timer(active=startup.state == "loading"))
+                gr.Timer(active=startup.state == "loading"), browser)
 
     def poll_startup(self, model: str, active: str):
         """While the default model loads: progress in the notice; once ready, switch this page to it
@@ -200,15 +247,13 @@ class Callbacks:
     @timed
     def on_overlay_click(self, view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool,
                          evt: gr.SelectData):
-        if view is None:
-            raise no_image()
+        view = live_view(self.explorer, view)
         x, y = evt.index
         return self.select(view, view.key_at(x, y, int(level)), int(level), opacity, bounds, dim, equal)
 
     @timed
     def on_tree_click(self, view: View | None, opacity: float, bounds: bool, dim: bool, equal: bool, evt: gr.SelectData):
-        if view is None:
-            raise no_image()
+        view = live_view(self.explorer, view)
         try:
             key = SegmentKey.parse(str(evt.index))
             view.info(key)
@@ -218,7 +263,7 @@ class Callbacks:
 
     @timed
     def recognise(self, view: View | None):
-        if view is None or not view.needs_recognition():
+        if view is None or view.expired or not view.needs_recognition():
             return gr.skip(), gr.skip()
         assert view.selected is not None
         try:
@@ -231,13 +276,13 @@ class Callbacks:
     def restyle(self, view: View | None, level: int, opacity: float, bounds: bool, dim: bool, equal: bool):
         if view is None:
             return gr.skip(), gr.skip(), gr.skip()
+        view = live_view(self.explorer, view)
         path, tree_html = self.draw(view, level, opacity, bounds, dim, equal)
         return path, tree_html, path
 
     # -- compare ---------------------------------------------------------------------------
     def compare(self, view: View | None, level: int):
-        if view is None:
-            raise gr.Error("Segment a photo first, then compare.", title="No image")
+        view = live_view(self.explorer, view, lambda: gr.Error("Segment a photo first, then compare.", title="No image"))
         try:
             view.set_baseline(run_compare(self.explorer, view.result))
         except CastError as e:
@@ -245,12 +290,13 @@ class Callbacks:
         return (view,) + compare_images(view, level)
 
     def on_compare_click(self, view: View | None, level: int, evt: gr.SelectData):
-        if view is None or view.baseline_maps is None:
+        view = live_view(self.explorer, view, lambda: gr.Error("Run the comparison first.", title="Nothing to compare"))
+        if view.baseline_maps is None:
             raise gr.Error("Run the comparison first.", title="Nothing to compare")
         view.compare_point = view.clamp(*evt.index)
         return compare_images(view, level)
 
     def on_compare_level(self, view: View | None, level: int) -> tuple[Any, Any, Any]:
-        if view is None or view.baseline_maps is None:
+        if view is None or view.expired or view.baseline_maps is None:
             return gr.skip(), gr.skip(), gr.skip()
         return compare_images(view, level)

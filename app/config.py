@@ -15,6 +15,11 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
+def _cache_home() -> Path:
+    """``$XDG_CACHE_HOME`` or ``~/.cache``: kept across restarts of the app."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 @dataclass
 class AppConfig:
     """What the app serves and how much it takes on. ``AppConfig.from_env()`` reads ``CAST_APP_*``."""
@@ -25,11 +30,16 @@ class AppConfig:
     examples_dir: Path = ASSETS / "examples"  # example images, precomputed at start
     max_models: int = 2  # loaded models kept in memory (least recently used dropped)
     max_results: int = 32  # segmented images kept for instant re-display (examples, repeated uploads)
-    max_result_megapixels: int = 300  # ... and at most this many original pixels in all (~6 bytes each)
+    max_result_mb: int = 256  # ... holding at most this much memory in all (display maps, photo, working-size tree)
+    session_memory_mb: int = 1024  # all sessions' state together (least recently used released beyond it)
+    disk_cache_mb: int = 4096  # result folders on disk (label maps, downloads; least recently used removed)
     max_file_size: str = "20mb"  # uploads above this are refused by the client and server
     queue_size: int = 32  # requests waiting beyond this get Gradio's "busy" message
     workers: int = 2  # segmentations run at once (one per core on a 2-vCPU Space)
     session_ttl: int = 30 * 60  # seconds a session's tree is kept after its last update
+    autosave_dir: Path = field(default_factory=lambda: _cache_home() / "cast-explorer" / "autosave")  # annotations saved after every edit
+    autosave_max_mb: int = 256  # cap on the autosave folder (oldest files removed first)
+    autosave_ttl: int = 7 * 24 * 3600  # seconds an autosave file is kept after its last save
     display_size: int = 768  # longest side of the overlay image, pixels
     threads: int = 0  # torch threads (0: leave torch's default)
     device: str = "auto"  # where models run: "auto" (CUDA on ZeroGPU Spaces or when a GPU is present, else CPU), "cpu", "cuda"
@@ -51,7 +61,7 @@ class AppConfig:
                 value = float(raw)
             elif isinstance(current, int):
                 value = int(raw)
-            elif f.name in ("models_dir", "examples_dir", "temp_dir"):
+            elif f.name in ("models_dir", "examples_dir", "temp_dir", "autosave_dir"):
                 value = Path(raw)
             elif f.name == "extra_models":
                 value = [s for s in raw.split(",") if s.strip()]

@@ -14,6 +14,7 @@ import functools
 import html
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,13 +152,13 @@ def select_overlay(base: np.ndarray, selected: np.ndarray | None, dim_rest: bool
     return out
 
 
-def overlay(photo: np.ndarray, maps: dict[Level, np.ndarray], table: dict[Level, np.ndarray],
+def overlay(photo: np.ndarray, maps: Mapping[Level, np.ndarray], table: dict[Level, np.ndarray],
             style: OverlayStyle, selected: np.ndarray | None = None) -> np.ndarray:
     """Colour the photo by segment.
 
     Args:
         photo: ``[h, w, 3]`` uint8 at display size.
-        maps: display-size label maps (see :func:`app.view.display_maps`).
+        maps: display-size label maps (see :func:`app.service.display_maps`).
         table: segment colours (:func:`colours`).
         selected: ``[h, w]`` bool mask of the selected segment (outlined; the rest dimmed if asked).
 
@@ -175,13 +176,12 @@ def view_overlay(view: View, style: OverlayStyle) -> np.ndarray:
     level = Level(int(style.level))
     key = (level, round(float(style.opacity), 3), bool(style.show_boundaries))
     cache = view.cache
-    if cache.base_style != key or cache.base is None:  # one style at a time: a few MB per session
+    if cache.base_style != key or cache.base is None:  # one style at a time: ~1 MB per session
         cache.base = base_overlay(view.result.photo, view.maps[level], view_colours(view)[level], style.opacity,
                                   style.show_boundaries, level != Level.WHOLE)
-        cache.dimmed = (cache.base.astype(np.uint16) * round(DIM * 256) >> 8).astype(np.uint8)
         cache.base_style = key
     mask = view.mask(view.selected) if view.selected else None
-    return select_overlay(cache.base, mask, style.dim_rest, cache.dimmed)
+    return select_overlay(cache.base, mask, style.dim_rest)
 
 
 def encode_png(image: np.ndarray) -> bytes:

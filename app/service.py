@@ -13,7 +13,7 @@ import threading
 import uuid
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,18 +22,21 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Segmenter, SegmentKey, hub, load_segmenter
+from cast import BUNDLED, PUBLISHED, CastLoadError, Hierarchy, Level, Segmenter, SegmentKey, hub, load_segmenter
 from cast.annotations import Annotations
 from cast.exports import coco_dataset, coco_record, labelstudio_config, labelstudio_record, labelstudio_tasks, write_json
 from cast.image import ImageInput
 from cast.models.hub_mixin import has_weights
 from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, bundled_dir
 
+from .autosave import AutosaveStore
 from .config import AppConfig, model_device
+from .sessions import SessionRegistry, trim_memory
 
 log = logging.getLogger("cast_explorer")
 
-__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer", "StartupModel", "example_files", "write_export"]
+__all__ = ["ModelChoice", "ModelStore", "Result", "Explorer", "StartupModel", "example_files", "write_export",
+           "display_maps", "DisplayMaps"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class _LRU:
     def keys(self) -> list[Any]:
         with self._lock:
             return list(self._d)
+
+    def pop(self, key: Any) -> Any:
+        with self._lock:
+            self._w.pop(key, None)
+            return self._d.pop(key, None)
 
 
 class ModelStore:
@@ -193,16 +201,80 @@ class ModelStore:
         return [k for k in self._cache.keys() if k not in BASELINE_FOR.values()]
 
 
+class DisplayMaps(Mapping[Level, np.ndarray]):
+    """A photo's label maps at display size, by display level: ``maps[Level.L2]`` is ``[h, w]``.
+    Only level 1 and the superpixels are stored (~3 bytes per display pixel); coarser levels are
+    looked up through the parent tables when asked (about a millisecond), the whole image is zeros."""
+
+    def __init__(self, level1: np.ndarray, superpixels: np.ndarray, parents: list[np.ndarray]) -> None:
+        self.level1, self.superpixels = level1, superpixels
+        self._parents = [p.astype(level1.dtype) for p in parents]  # ids fit the level-1 map's type
+
+    @classmethod
+    def empty(cls) -> DisplayMaps:
+        return cls(np.zeros((0, 0), np.uint8), np.zeros((0, 0), np.uint16), [])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.level1.shape[0]), int(self.level1.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.level1.nbytes + self.superpixels.nbytes + sum(p.nbytes for p in self._parents))
+
+    def __getitem__(self, level: Level) -> np.ndarray:
+        level = Level(int(level))
+        if level == Level.SUPERPIXEL:
+            return self.superpixels
+        if level == Level.WHOLE:
+            return np.zeros(self.shape, np.uint8)
+        if int(level) > len(self._parents) + 1:
+            raise KeyError(level)
+        m = self.level1
+        for p in self._parents[: int(level) - 1]:
+            m = p[m]
+        return m
+
+    def __iter__(self) -> Iterator[Level]:
+        return iter([Level.WHOLE, *(Level(lv) for lv in range(1, len(self._parents) + 2)), Level.SUPERPIXEL])
+
+    def __len__(self) -> int:
+        return len(self._parents) + 3
+
+
+def display_maps(tree: Hierarchy, size: tuple[int, int]) -> DisplayMaps:
+    """Label maps at display size ``(w, h)`` for every display level, by nearest-pixel lookup of
+    the full-size maps (made from the tree's compact maps directly)."""
+    levels, sp = tree.maps.resized(size)
+    return DisplayMaps(levels[0], sp, tree.parents)
+
+
 @dataclass
 class Result:
-    """One segmented image and its downloads (shared by every session that shows it)."""
+    """One segmented image and its downloads (shared by every session that shows it). In memory:
+    the display-size photo and maps and the working-size tree; the full-size label maps are in
+    ``folder/maps.npz`` (:meth:`cast.Hierarchy.offload`), read only while writing an export."""
 
     tree: Hierarchy
     model: str
     photo: np.ndarray  # [h, w, 3] uint8, the input at display size
-    folder: Path  # hierarchy.json, labels.zip
+    folder: Path  # hierarchy.json, labels.zip, maps.npz
+    maps: DisplayMaps | None = None  # display-size label maps (display_maps), read-only, shared by sessions
+    sha1: str = ""  # of the uploaded file
     baseline: Hierarchy | None = None  # the ViT + k-means tree, once computed
     concept_thumbnails: dict[tuple[int, int], list[str]] | None = None  # (concept level, id) -> image files (HIRL models)
+
+    def __post_init__(self) -> None:
+        if self.maps is None:
+            h, w = self.photo.shape[:2]
+            self.maps = display_maps(self.tree, (w, h))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held (bytes): photo, display maps, trees."""
+        maps = self.maps.nbytes if self.maps is not None else 0
+        baseline = self.baseline.nbytes if self.baseline is not None else 0
+        return int(self.photo.nbytes + maps + self.tree.nbytes + baseline)
 
     @property
     def json_path(self) -> Path:
@@ -214,6 +286,7 @@ class Result:
 
     def write_json(self) -> Path:
         """Rewrite ``hierarchy.json`` (after on-demand segment predictions were added)."""
+        self.folder.mkdir(parents=True, exist_ok=True)  # the disk cache may have removed it
         tmp = self.json_path.with_suffix(f".{uuid.uuid4().hex}.tmp")  # sessions may share this result
         tmp.write_text(self.tree.to_json(indent=1))
         tmp.replace(self.json_path)
@@ -261,7 +334,13 @@ class Explorer:
         if self.cfg.temp_dir is not None:
             Path(self.cfg.temp_dir).mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="cast-explorer-", dir=self.cfg.temp_dir))
-        self._results = _LRU(self.cfg.max_results, max_weight=self.cfg.max_result_megapixels * 1e6)
+        self._results = _LRU(self.cfg.max_results, max_weight=self.cfg.max_result_mb * 2**20)
+        self._folders: OrderedDict[Path, tuple[Any, int]] = OrderedDict()  # result folder -> (result key, bytes), LRU first
+        self._folders_lock = threading.Lock()
+        self._segment_locks: dict[Any, threading.Lock] = {}
+        self.sessions = SessionRegistry(self.cfg.session_memory_mb * 2**20, self.root / "sessions", ttl=self.cfg.session_ttl)
+        self.sessions.start_sweeping(every=min(60.0, max(1.0, self.cfg.session_ttl / 10)))
+        self.autosave = AutosaveStore(Path(self.cfg.autosave_dir), self.cfg.autosave_max_mb * 2**20, self.cfg.autosave_ttl)
         self.startup = StartupModel(self.cfg.default_model, self.cfg.default_model)
         self._ready = threading.Event()
         self._start_default()
@@ -332,23 +411,65 @@ class Explorer:
         """
         data = Path(path).read_bytes()
         key = (model, hashlib.sha1(data).hexdigest())
-        hit = self._results.get(key)
-        if hit is not None:
-            return hit
+        with self._segment_lock(key):  # the same photo asked for twice at once (upload + button) is segmented once
+            hit = self._results.get(key)
+            if hit is not None and hit.folder.is_dir():
+                self._touch_folder(hit.folder)
+                return hit
+            return self._segment(data, Path(path).name, key, model)
+
+    def _segment_lock(self, key: Any) -> threading.Lock:
+        with self._folders_lock:
+            lock = self._segment_locks.get(key)
+            if lock is None:
+                if len(self._segment_locks) > 256:  # forget idle ones
+                    self._segment_locks = {k: v for k, v in self._segment_locks.items() if v.locked()}
+                lock = self._segment_locks[key] = threading.Lock()
+            return lock
+
+    def _segment(self, data: bytes, name: str, key: tuple[str, str], model: str) -> Result:
         predictor = self.models.segmenter(model)
         buffer = io.BytesIO(data)
-        buffer.name = Path(path).name  # for messages and the JSON's image name
+        buffer.name = name  # for messages and the JSON's image name
         src = predictor.load(buffer)  # decoded once, at the size its boundaries are refined at, for both uses
         tree = predictor(src)
         photo = display_photo(src, self.cfg.display_size)
-        folder = self.root / f"{key[1][:16]}-{abs(hash(model)) % 10**8}"
-        write_downloads(tree, folder)
+        folder = self.root / "results" / f"{key[1][:16]}-{hashlib.sha1(model.encode()).hexdigest()[:8]}"
+        write_downloads(tree, folder)  # the full-size maps, one at a time, straight into labels.zip
+        tree.offload(folder / "maps.npz")  # and out of memory: exports read them back from here
         concepts = getattr(predictor, "concepts", None)
-        result = Result(tree=tree, model=model, photo=photo, folder=folder,
+        result = Result(tree=tree, model=model, photo=photo, folder=folder, sha1=key[1],
                         concept_thumbnails=concepts.thumbnails if concepts is not None else None)
-        w, h = tree.size
-        self._results.put(key, result, weight=w * h)  # full-resolution label maps: ~6 bytes per pixel
+        self._results.put(key, result, weight=result.nbytes)
+        self._add_folder(folder, key)
+        del tree, src
+        trim_memory()  # the temporaries of a big photo (a few hundred MB) go back to the system
         return result
+
+    # -- the disk cache of result folders --------------------------------------------------
+    def _touch_folder(self, folder: Path) -> None:
+        with self._folders_lock:
+            if folder in self._folders:
+                self._folders.move_to_end(folder)
+
+    def _add_folder(self, folder: Path, key: Any) -> None:
+        """Count a new result folder and remove the least recently used ones beyond the disk cap
+        (their results leave the cache; sessions showing them are told to segment again)."""
+        size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        cap = self.cfg.disk_cache_mb * 2**20
+        with self._folders_lock:
+            self._folders[folder] = (key, size)
+            self._folders.move_to_end(folder)
+            while len(self._folders) > 1 and sum(sz for _, sz in self._folders.values()) > cap:
+                old, (old_key, _) = self._folders.popitem(last=False)
+                self._results.pop(old_key)
+                shutil.rmtree(old, ignore_errors=True)
+                log.info("disk cache: removed %s", old.name)
+
+    def disk_usage(self) -> int:
+        """Bytes of the result folders on disk."""
+        with self._folders_lock:
+            return sum(sz for _, sz in self._folders.values())
 
     def recognise(self, result: Result, key: SegmentKey) -> list[tuple[str, float]] | None:
         """Masked-image recognition of one segment (cached in the tree); None without a classifier
@@ -429,16 +550,18 @@ def write_export(tree: Hierarchy, annotations: Annotations, fmt: str, folder: Pa
 
 
 def write_downloads(tree: Hierarchy, folder: Path) -> None:
-    """``hierarchy.json`` and ``labels.zip`` (:meth:`cast.Hierarchy.label_map_images` as PNGs, fast
-    compression) into ``folder``."""
+    """``hierarchy.json`` and ``labels.zip`` (the full-size label maps of ``tree.maps.images()`` as
+    PNGs, fast compression, made and written one at a time) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "hierarchy.json").write_text(tree.to_json(indent=1))
-    tmp = folder / "labels.zip.tmp"
+    tmp = folder / f"hierarchy.{uuid.uuid4().hex}.tmp"
+    tmp.write_text(tree.to_json(indent=1))
+    tmp.replace(folder / "hierarchy.json")
+    tmp = folder / f"labels.{uuid.uuid4().hex}.tmp"
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:  # PNGs are compressed already
-        for name, m in tree.label_map_images().items():
-            buf = io.BytesIO()
-            Image.fromarray(m).save(buf, "PNG", compress_level=1)
-            z.writestr(name, buf.getvalue())
+        for name, m in tree.maps.images():
+            with z.open(name, "w", force_zip64=True) as member:
+                Image.fromarray(m).save(member, "PNG", compress_level=1)
+            del m
         z.writestr("README.txt", (
             "CAST Explorer label maps at the original image resolution.\n"
             "level1.png (finest) .. level4.png (coarsest): 8-bit, pixel value = segment id of that level.\n"

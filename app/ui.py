@@ -109,6 +109,7 @@ class Page:
 
     view: gr.State
     active_model: gr.State
+    browser: gr.BrowserState  # this browser's id (local storage): names its autosaved annotations
     image: gr.Image
     model: gr.Dropdown
     button: gr.Button
@@ -208,10 +209,11 @@ def _compare_tab() -> dict[str, Any]:
 def _wire_explore(page: Page, cb: Callbacks, workers: int) -> None:
     seg_kw: dict[str, Any] = dict(concurrency_limit=workers, concurrency_id="segment")
     quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
+    restore = (cb.restore, [page.view, page.browser], [page.view])
     page.button.click(cb.segment, [page.image, page.model, *page.controls], page.segment_outputs, api_name="segment",
-                      api_visibility="public", **seg_kw)
+                      api_visibility="public", **seg_kw).success(*restore, **quiet)
     page.image.change(cb.resegment, [page.image, page.model, *page.controls], page.segment_outputs,
-                      api_visibility="private", **seg_kw)
+                      api_visibility="private", **seg_kw).success(*restore, **quiet)
     page.overlay.select(cb.on_overlay_click, [page.view, *page.controls], page.select_outputs, trigger_mode="always_last",
                         **quiet).then(cb.recognise, [page.view], [page.panel, page.dl_json], **quiet, **seg_kw)
     for source in (page.tree, page.panel):
@@ -224,7 +226,8 @@ def _wire_explore(page: Page, cb: Callbacks, workers: int) -> None:
     page.opacity.release(cb.restyle, [page.view, *page.controls], restyled, trigger_mode="always_last", **quiet)
     page.model.select(cb.change_model, [page.model, page.active_model], [page.model, page.status, page.active_model],
                       api_visibility="private", concurrency_limit=1, concurrency_id="load").success(
-        cb.resegment, [page.image, page.model, *page.controls], page.segment_outputs, api_visibility="private", **seg_kw)
+        cb.resegment, [page.image, page.model, *page.controls], page.segment_outputs, api_visibility="private", **seg_kw
+    ).success(*restore, **quiet)
 
 
 def _wire_compare(page: Page, cb: Callbacks, workers: int) -> None:
@@ -334,16 +337,17 @@ def build(explorer: Explorer) -> gr.Blocks:
     with gr.Blocks(title="CAST Explorer", delete_cache=(900, 3600)) as demo:
         view = gr.State(None, time_to_live=explorer.cfg.session_ttl)
         active_model = gr.State(explorer.default)
+        browser = gr.BrowserState(None, storage_key="cast-explorer-browser", secret=explorer.autosave.browser_secret())
         gr.Markdown(INTRO)
         notice = gr.Markdown(explorer.notice or "", elem_id="notice", visible=bool(explorer.notice))
         startup_timer = gr.Timer(2.0, active=False)
-        page = Page(view=view, active_model=active_model, **_explore_tab(explorer), **_compare_tab())
+        page = Page(view=view, active_model=active_model, browser=browser, **_explore_tab(explorer), **_compare_tab())
         annotate = _annotate_tab()
         _wire_explore(page, cb, explorer.cfg.workers)
         _wire_compare(page, cb, explorer.cfg.workers)
         _wire_annotate(annotate, view, AnnotateCallbacks(explorer))
         startup = [notice, page.model, page.active_model, startup_timer]
-        demo.load(cb.page_open, None, startup, api_visibility="private", show_progress="hidden")
+        demo.load(cb.page_open, browser, [*startup, browser], api_visibility="private", show_progress="hidden")
         startup_timer.tick(cb.poll_startup, [page.model, page.active_model], startup, api_visibility="private",
                            show_progress="hidden")
     return demo

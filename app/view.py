@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -17,9 +18,9 @@ from cast.annotations import Annotations
 from cast.hierarchy import Hierarchy
 from cast.keys import ROOT, Level, SegmentKey
 
-from .service import Result
+from .service import DisplayMaps, Result, display_maps
 
-__all__ = ["View", "SegmentInfo", "CompareSelection", "DrawCache", "LEVEL_CHOICES", "display_maps", "nearest_resize",
+__all__ = ["View", "SegmentInfo", "CompareSelection", "DrawCache", "LEVEL_CHOICES", "display_maps", "nearest_resize", "EXPIRED",
            "ROOT", "Level"]
 
 LEVEL_CHOICES: list[tuple[str, int]] = [
@@ -33,14 +34,6 @@ def nearest_resize(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     rows = (np.arange(h) * labels.shape[0]) // h
     cols = (np.arange(w) * labels.shape[1]) // w
     return labels[rows[:, None], cols[None, :]]
-
-
-def display_maps(tree: Hierarchy, size: tuple[int, int]) -> dict[Level, np.ndarray]:
-    """Label maps at display size ``(w, h)`` for every display level (the whole image: all zero)."""
-    maps = {Level(lv): nearest_resize(m, size).astype(np.int32) for lv, m in enumerate(tree.label_maps, start=1)}
-    maps[Level.SUPERPIXEL] = nearest_resize(tree.superpixels, size).astype(np.int32)
-    maps[Level.WHOLE] = np.zeros((size[1], size[0]), np.int32)
-    return maps
 
 
 @dataclass
@@ -94,28 +87,54 @@ class DrawCache:
     baseline_colours: dict[Level, np.ndarray] | None = None
     base_style: tuple | None = None  # the style the layers below were drawn with
     base: np.ndarray | None = None  # [h, w, 3] overlay without the selection
-    dimmed: np.ndarray | None = None  # the same, darkened
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [self.base, *(self.colours or {}).values(), *(self.baseline_colours or {}).values()]
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+
+EXPIRED = "This photo's session expired; segment it again."
 
 
 @dataclass
 class View:
-    """A session's state: the shared result plus this person's display maps and selection."""
+    """A session's state: the shared result (with its display maps) plus this person's selection,
+    drawing caches and annotations. Registered with :class:`app.sessions.SessionRegistry`, which
+    may :meth:`release` it under memory pressure; a released view is ``expired``."""
 
     result: Result
-    maps: dict[Level, np.ndarray]
+    maps: DisplayMaps  # the result's display maps (shared, read-only)
     selected: SegmentKey | None = None
-    baseline_maps: dict[Level, np.ndarray] | None = None
+    baseline_maps: DisplayMaps | None = None
     compare_point: tuple[int, int] | None = None  # last clicked pixel in the compare view
     session: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this session's overlay file
     cache: DrawCache = field(default_factory=DrawCache)
     annotations: Annotations | None = None  # this person's regions (the tree itself is shared)
     picked: list[SegmentKey] = field(default_factory=list)  # segments picked in the Annotate tab
     active: str | None = None  # the region being edited
+    autosave: Path | None = None  # where this person's annotations of this photo are saved (app.autosave)
+    expired: bool = False  # released for the memory budget: segment again
+    page: str | None = None  # the Gradio session (browser tab) showing this view
 
     @classmethod
-    def of(cls, result: Result) -> View:
-        h, w = result.photo.shape[:2]
-        return cls(result=result, maps=display_maps(result.tree, (w, h)))
+    def of(cls, result: Result, page: str | None = None) -> View:
+        assert result.maps is not None
+        return cls(result=result, maps=result.maps, page=page)
+
+    @property
+    def own_nbytes(self) -> int:
+        """Memory this view holds besides its (shared) result, in bytes."""
+        baseline = self.baseline_maps.nbytes if self.baseline_maps is not None else 0
+        return int(self.cache.nbytes + baseline)
+
+    def release(self) -> None:
+        """Drop everything heavy (the result, maps, caches, annotations: they were autosaved) and
+        mark the view expired; only ``session`` and ``autosave`` stay."""
+        self.expired = True
+        self.result = None  # type: ignore[assignment]
+        self.maps, self.baseline_maps, self.cache = DisplayMaps.empty(), None, DrawCache()
+        self.annotations, self.picked, self.active, self.selected = None, [], None, None
 
     @property
     def tree(self) -> Hierarchy:
@@ -158,7 +177,8 @@ class View:
             preds = tree.level_predictions[3] if tree.level_predictions else None
             return SegmentInfo(ROOT, 1.0, None, [n.key for n in tree.nodes_at(4)], [ROOT], preds, None)
         if key.is_superpixel:
-            area = float(np.count_nonzero(tree.superpixels == key.id)) / tree.superpixels.size
+            w, h = tree.size
+            area = float(tree.maps.superpixel_areas[key.id]) / (w * h)
             parent = SegmentKey(Level.L1, int(tree.superpixel_to_level1[key.id]))
             return SegmentInfo(key, area, parent, [], tree.path_keys(key), None, None)
         node = tree.node(key)

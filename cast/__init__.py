@@ -11,6 +11,7 @@ Where things are (imports flow down this list; nothing here imports the app or t
 - :mod:`cast.segmenter`: what every segmenter shares (reading, resizing, masked recognition);
 - :mod:`cast.baselines`: the ViT + hierarchical k-means baseline segmenter;
 - :mod:`cast.hierarchy`: the tree (:class:`Hierarchy`, :class:`Node`), its JSON and PNG export;
+- :mod:`cast.labelmaps`: the tree's full-resolution maps, held compactly, made on request, offloadable;
 - :mod:`cast.refine`: label maps at the photo's resolution with boundaries that follow it;
 - :mod:`cast.keys`: segment keys (``"L2-5"``) and display levels;
 - :mod:`cast.loading`: :func:`load_model` for every source, safe unpickling, published files;

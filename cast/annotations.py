@@ -101,7 +101,7 @@ class Annotations:
 
     def mask(self, region_id: str) -> np.ndarray:
         """``[H, W]`` bool mask of a region at the tree's original resolution."""
-        return np.isin(self.tree.label_maps[0], np.fromiter(self.leaves(region_id), np.int64))
+        return np.isin(self.tree.label_map(1), np.fromiter(self.leaves(region_id), np.int64))
 
     def children(self, region_id: str | None) -> list[Region]:
         """The regions directly part of ``region_id`` (None: the top-level regions)."""

@@ -96,7 +96,7 @@ class _Masks:
     def runs(self, item: dict[str, Any], order: str) -> tuple[np.ndarray, np.ndarray]:
         key = (order, item["map"])
         if key not in self._runs:
-            self._runs[key] = _Runs(self.tree.label_maps[item["map"]], order)
+            self._runs[key] = _Runs(self.tree.label_map(item["map"] + 1), order)
         return self._runs[key].mask(item["ids"])
 
 

@@ -45,6 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from .keys import NUM_LEVELS, Level, SegmentKey
+from .labelmaps import LabelMaps, weighted_counts
 from .refine import RefineSettings, axis_map, refine_labels
 
 __all__ = ["Node", "Hierarchy", "Readout", "build_hierarchy", "SCHEMA_NAME", "SCHEMA_VERSION", "boundaries", "Prediction"]
@@ -107,14 +108,17 @@ class Hierarchy:
     """Nested segmentation of one image (see the module docstring for conventions).
 
     Attributes:
+        maps: the label maps at the original resolution, held compactly (:class:`cast.labelmaps.LabelMaps`:
+            made on request, or read from a file after :meth:`offload`).
         label_maps: 4 arrays ``[H, W]`` uint8 (uint16 beyond 256 clusters) at the original
-            (EXIF-corrected) resolution, level 1 finest; values are compact ids.
+            (EXIF-corrected) resolution, level 1 finest; values are compact ids (made from ``maps``
+            on first use and kept, unless the tree is offloaded).
         parents: 3 int arrays; ``parents[l][i]`` is the level-(l+2) id containing level-(l+1)
             segment ``i`` (0-based list index), so ``parents[l][label_maps[l]] == label_maps[l+1]``.
         nodes: every segment of every level, level 1 first.
         level_predictions: per level, top-k ``(label, probability)`` from the [CLS] token after
             that stage; None for models without a head.
-        superpixels: ``[H, W]`` uint16 superpixel ids at the original resolution.
+        superpixels: ``[H, W]`` uint16 superpixel ids at the original resolution (made like ``label_maps``).
         working_superpixels: ``[h, w]`` superpixel ids at the working resolution (model input).
         working_image: ``[h, w, 3]`` uint8, the image as the model saw it.
         superpixel_to_level1: level-1 id of each superpixel.
@@ -123,11 +127,10 @@ class Hierarchy:
         model: the model's metadata (``ModelInfo.to_dict()``).
     """
 
-    label_maps: list[np.ndarray]
+    maps: LabelMaps
     parents: list[np.ndarray]
     nodes: list[Node]
     level_predictions: list[list[Prediction]] | None
-    superpixels: np.ndarray
     working_superpixels: np.ndarray
     working_image: np.ndarray
     superpixel_to_level1: np.ndarray
@@ -144,8 +147,37 @@ class Hierarchy:
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the original image."""
-        h, w = self.label_maps[0].shape
-        return w, h
+        return self.maps.size
+
+    @property
+    def label_maps(self) -> list[np.ndarray]:
+        """The 4 full-resolution label maps (see the class docstring); on an offloaded tree they are
+        read from its file on each access and not kept, so hold on to the list while using it."""
+        return self.maps.level_maps()
+
+    @property
+    def superpixels(self) -> np.ndarray:
+        """``[H, W]`` superpixel ids at the original resolution (made on request like :attr:`label_maps`)."""
+        return self.maps.superpixel_map()
+
+    def label_map(self, level: int) -> np.ndarray:
+        """One level's ``[H, W]`` map at the original resolution (only that one is made)."""
+        return self.maps.level(level)
+
+    def offload(self, path: str | os.PathLike[str]) -> Path:
+        """Move the label maps to ``path`` (``.npz``) and free their memory: the tree keeps its
+        nodes, working-size maps and predictions; full-size maps are read back when asked for.
+
+        Raises:
+            cast.labelmaps.MapsUnavailableError: (later, on access) the file was removed.
+        """
+        return self.maps.offload(path)
+
+    @property
+    def nbytes(self) -> int:
+        """Array memory this tree holds (maps, working image and superpixels), in bytes."""
+        arrays = [self.working_superpixels, self.working_image, self.superpixel_to_level1, *self.parents]
+        return self.maps.nbytes + int(sum(a.nbytes for a in arrays))
 
     @property
     def num_segments(self) -> list[int]:
@@ -187,7 +219,7 @@ class Hierarchy:
             raise IndexError(f"pixel ({x}, {y}) outside the {w}x{h} image")
         if not 1 <= level <= NUM_LEVELS:
             raise ValueError(f"level must be 1..{NUM_LEVELS}, got {level}")
-        return int(self.label_maps[level - 1][y, x])
+        return self.maps.at(x, y, level)
 
     def working_label_map(self, level: int) -> np.ndarray:
         """``[h, w]`` int64 ids of level ``level`` at the working (model input) resolution, composed
@@ -205,7 +237,7 @@ class Hierarchy:
         W, H = self.size
         h, w = self.working_superpixels.shape
         rows, cols = axis_map(H, h), axis_map(W, w)
-        dtype = self.label_maps[0].dtype
+        dtype = self.maps.dtype
         return [self.working_label_map(lv).astype(dtype)[rows][:, cols] for lv in range(1, NUM_LEVELS + 1)]
 
     def masked_images(self, level: int, node_ids: Sequence[int], grey: int = 128) -> np.ndarray:
@@ -273,16 +305,15 @@ class Hierarchy:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "hierarchy.json").write_text(self.to_json(indent=1))
-        for name, m in self.label_map_images().items():
+        for name, m in self.maps.images():
             Image.fromarray(m).save(directory / name)
         return directory
 
     def label_map_images(self) -> dict[str, np.ndarray]:
         """The label maps as :meth:`save` writes them: ``level1..4.png`` (ids) and
-        ``superpixels.png`` (16-bit), at the original resolution."""
-        images = {f"level{lv}.png": m for lv, m in enumerate(self.label_maps, start=1)}
-        images["superpixels.png"] = self.superpixels.astype(np.uint16)
-        return images
+        ``superpixels.png`` (16-bit), at the original resolution (all at once: writers that
+        should hold one map at a time iterate ``tree.maps.images()``)."""
+        return dict(self.maps.images())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,13 +394,16 @@ def _detail_maps(readout: Readout, working_image: np.ndarray, detail_image: np.n
     raw1 = tl1[sp]
     if detail_image is None or refine is None or not refine.enabled or detail_image.shape[:2] == sp.shape:
         return raw1, sp, working_image
-    raw1_d = refine_labels(detail_image, raw1.astype(np.int32), working_image, refine)  # int32: half the memory
+    small = np.int16 if int(raw1.max()) < 32767 else np.int32  # the detail map is the largest array: a small type
+    raw1_d = refine_labels(detail_image, raw1.astype(small), working_image, refine)
     # superpixels follow their level-1 segment: a pixel whose nearest superpixel now lies in another
     # segment takes a neighbouring superpixel of its new segment (else the segment's largest)
     H, W = detail_image.shape[:2]
     rows, cols = axis_map(H, sp.shape[0]), axis_map(W, sp.shape[1])
-    sp_d = sp.astype(np.int32)[rows][:, cols]
-    wrong = tl1[sp_d] != raw1_d
+    sp_dtype = np.uint16 if sp.size and int(sp.max()) < 65535 else np.int32  # small types: ~6 MP maps here
+    sp_d = sp.astype(sp_dtype)[rows][:, cols]
+    tl1_small = tl1.astype(np.uint8 if tl1.size and int(tl1.max()) < 256 else np.int32)
+    wrong = tl1_small[sp_d] != raw1_d
     if wrong.any():
         sp_d[wrong] = _superpixel_in(raw1_d[wrong], sp, tl1, np.nonzero(wrong), rows, cols)
     return raw1_d, sp_d, detail_image
@@ -399,12 +433,13 @@ def _superpixel_in(segment: np.ndarray, sp: np.ndarray, tl1: np.ndarray, where: 
     return out
 
 
-def _colour_sums(raw1: np.ndarray, image: np.ndarray, weight: np.ndarray, k: int, area1: np.ndarray,
+def _colour_sums(raw1: np.ndarray, image: np.ndarray, row_w: np.ndarray, col_w: np.ndarray, k: int, area1: np.ndarray,
                  exact: bool) -> np.ndarray:
     """``[k, 3]`` colour sums (original-pixel weighted) of each raw level-1 centroid. On refined
     (photo-size) maps the mean colours come from a pixel grid of at most ~0.3 MP, scaled to the areas."""
     step = 1 if exact else max(1, int(np.ceil((raw1.size / 300_000) ** 0.5)))
-    if step == 1:
+    if step == 1:  # a small map (the working size, or a small photo): exact, original-pixel weighted
+        weight = (row_w[:, None] * col_w[None, :]).ravel().astype(np.int64)
         img = image.reshape(-1, 3).astype(np.float64)
         return np.stack([np.bincount(raw1.ravel(), weights=weight * img[:, c], minlength=k) for c in range(3)], 1)
     sub, pix = raw1[::step, ::step].ravel(), image[::step, ::step].reshape(-1, 3).astype(np.float64)
@@ -493,34 +528,30 @@ def build_hierarchy(readout: Readout, working_image: np.ndarray, original_size: 
     W, H = original_size
     dh, dw = raw1.shape
     rows, cols = axis_map(H, dh), axis_map(W, dw)
-    # original pixels that each detail pixel stands for; 0 where the original is smaller
-    weight = (np.bincount(rows, minlength=dh)[:, None] * np.bincount(cols, minlength=dw)[None, :]).ravel().astype(np.int64)
-    flat = raw1.ravel()
+    # original pixels that each detail pixel stands for (row weight x column weight; 0 where the original is smaller)
+    row_w, col_w = np.bincount(rows, minlength=dh), np.bincount(cols, minlength=dw)
     if (dh, dw) == (H, W):  # every detail pixel is one original pixel
-        area1 = np.bincount(flat, minlength=num_clusters[0]).astype(np.float64)
+        area1 = np.bincount(raw1.ravel(), minlength=num_clusters[0]).astype(np.float64)
     else:
-        area1 = np.bincount(flat, weights=weight, minlength=num_clusters[0])
-    colour1 = _colour_sums(raw1, img_d, weight, num_clusters[0], area1, exact=not refined)
+        area1 = weighted_counts(raw1, row_w, col_w, num_clusters[0]).astype(np.float64)[: max(num_clusters[0], 1)]
+    colour1 = _colour_sums(raw1, img_d, row_w, col_w, num_clusters[0], area1, exact=not refined)
     raw_parents = _raw_parents(readout.token_labels, num_clusters)
     levels = _rank_levels(area1, raw_parents, num_clusters)
     parents = [levels[lv + 1].lut[raw_parents[lv][levels[lv].order]] for lv in range(NUM_LEVELS - 1)]
     map_dtype = np.uint8 if max(num_clusters) <= 256 else np.uint16
     compact1 = levels[0].lut.astype(map_dtype)[raw1]
     boxes = _bboxes(compact1, levels[0].order.size, parents, rows, cols)
-    label_maps = [compact1[rows][:, cols]]
-    for par in parents:  # coarser maps composed from level 1: exact nesting
-        label_maps.append(par.astype(map_dtype)[label_maps[-1]])
     level_predictions = None
     if readout.level_probs is not None and class_names is not None:
         level_predictions = [_top_k(p, class_names, top_k) for p in readout.level_probs]
     num_sp = int(readout.superpixels.max()) + 1
     sp_dtype = np.uint16 if num_sp <= 65535 else np.int32
-    return Hierarchy(
-        label_maps=label_maps,
-        parents=[p.astype(np.int64) for p in parents],
+    parents = [p.astype(np.int64) for p in parents]
+    return Hierarchy(  # full-size maps are made from the detail ones on request; coarser levels composed from level 1
+        maps=LabelMaps((W, H), compact1, sp_d.astype(sp_dtype), parents),
+        parents=parents,
         nodes=_nodes(levels, parents, boxes, colour1, readout, class_names, top_k),
         level_predictions=level_predictions,
-        superpixels=sp_d.astype(sp_dtype)[rows][:, cols] if sp_d.shape != (H, W) else sp_d.astype(sp_dtype),
         working_superpixels=readout.superpixels.astype(sp_dtype),
         working_image=working_image,
         superpixel_to_level1=levels[0].lut[np.asarray(readout.token_labels[0], dtype=np.int64)[:num_sp]],

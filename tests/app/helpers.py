@@ -32,7 +32,7 @@ def add_concepts(folder: Path, dim: int = 48, counts: tuple[int, ...] = (6, 3, 2
 
 def app_config(tmp: Path, models_dir: Path, **overrides) -> AppConfig:
     cfg = AppConfig(default_model="bundled", models_dir=models_dir, precompute_examples=False, temp_dir=tmp,
-                    max_models=3, threads=0)
+                    max_models=3, threads=0, autosave_dir=tmp / "autosave")
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

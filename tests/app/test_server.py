@@ -192,6 +192,7 @@ def test_python_app_py_serves_at_once_with_an_unreachable_hub(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{closed}", HF_HUB_CACHE=str(tmp_path / "empty-cache"),
                GRADIO_SERVER_PORT=str(port), CAST_APP_PRECOMPUTE_EXAMPLES="0", CAST_APP_TEMP_DIR=str(tmp_path / "tmp"),
+               CAST_APP_AUTOSAVE_DIR=str(tmp_path / "autosave"),
                CAST_HUB_TIMEOUT="2")
     log = open(tmp_path / "app.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)

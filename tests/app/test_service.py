@@ -130,8 +130,10 @@ def test_a_default_that_is_not_here_loads_in_the_background_and_pages_switch(tmp
         ex.startup.done, ex.startup.total = 30 * 2**20, 120 * 2**20
         assert "30 of 120 MB" in ex.notice
         cb = Callbacks(ex)
-        notice, model, active, timer = cb.page_open()
+        notice, model, active, timer, browser = cb.page_open(None)
         assert model == active == "bundled" and timer.active and "Loading" in notice["value"]
+        assert ex.autosave.valid_browser(browser)  # a first visit gets an id, kept by the browser
+        assert cb.page_open(browser)[4] == browser and cb.page_open("../etc")[4] != "../etc"
         skip = {"__type__": "update"}  # gr.skip(): leave the component as it is
         assert cb.poll_startup("bundled", "bundled")[1:3] == (skip, skip)  # still loading: nothing switches
         gate.set()
