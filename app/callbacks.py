@@ -163,8 +163,8 @@ class Callbacks:
         for note in result.tree.image_notes:
             gr.Warning(f"{result.tree.image_name}: {note}", title="Image converted")
         view = View.of(result, page=getattr(request, "session_hash", None))
-        self.explorer.sessions.register(view)  # may release the least recently used sessions
         overlay_path, tree_html = self.draw(view, level, opacity, bounds, dim, equal)
+        self.explorer.sessions.register(view)  # counted with its drawing caches; may release the least recently used
         panel, concepts = self.panels(view)
         return (view, overlay_path, tree_html, panel, level_predictions_html(result.tree), str(result.json_path),
                 str(result.labels_path), overlay_path, result.tree.to_dict(), self.status_text(view), concepts)
@@ -175,31 +175,38 @@ class Callbacks:
             return (gr.skip(),) * SEGMENT_OUTPUTS
         return self.segment(image, model, level, opacity, bounds, dim, equal, request)
 
-    def restore(self, view: View | None, browser: str | None):
+    def restore(self, view: View | None, browser: str | None, announced: str | None = None):
         """After segmenting: where this browser's annotations of this photo are saved, and the
-        regions saved there earlier (an expired session, an app restart), if any."""
+        regions saved there earlier (an expired session, an app restart), if any. ``announced``
+        names the save this page was last told about: segmenting the same photo again (an
+        upload followed by a click on *Segment*) restores silently instead of repeating the notice.
+
+        Returns the view and the save now announced."""
         store = self.explorer.autosave
         if view is None or view.expired or not store.valid_browser(browser):
-            return gr.skip()
+            return gr.skip(), gr.skip()
         assert browser is not None
         view.autosave = store.path(browser, view.result.sha1, view.result.model)
         saved = store.load(view.autosave)
         if saved is None or view.annotations is not None:
-            return view
+            return view, gr.skip()
         from cast.annotations import Annotations
 
         try:
             ann = Annotations.from_dict(saved.annotations, view.tree)
         except (CastError, KeyError, ValueError, TypeError) as e:
             log.warning("autosave %s not restored: %s", saved.path.name, e)
-            return view
-        if len(ann):
-            view.annotations = ann
+            return view, gr.skip()
+        if not len(ann):
+            return view, gr.skip()
+        view.annotations = ann
+        key = f"{saved.path.name}@{saved.saved}"
+        if key != announced:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(saved.saved))
             regions = f"{len(ann)} region{'s' if len(ann) != 1 else ''}"
             gr.Info(f"Restored {regions} you made on this photo (saved {when}): see the Annotate tab.",
                     title="Annotations restored")
-        return view
+        return view, key
 
     def change_model(self, model: str, previous: str):
         if model == previous:

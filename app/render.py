@@ -176,12 +176,13 @@ def view_overlay(view: View, style: OverlayStyle) -> np.ndarray:
     level = Level(int(style.level))
     key = (level, round(float(style.opacity), 3), bool(style.show_boundaries))
     cache = view.cache
-    if cache.base_style != key or cache.base is None:  # one style at a time: ~1 MB per session
-        cache.base = base_overlay(view.result.photo, view.maps[level], view_colours(view)[level], style.opacity,
-                                  style.show_boundaries, level != Level.WHOLE)
-        cache.base_style = key
+    base = cache.base if cache.base_style == key else None  # one style at a time: ~1 MB per session,
+    if base is None:  # dropped while the session is idle (app.sessions)
+        base = base_overlay(view.result.photo, view.maps[level], view_colours(view)[level], style.opacity,
+                            style.show_boundaries, level != Level.WHOLE)
+        cache.base, cache.base_style = base, key
     mask = view.mask(view.selected) if view.selected else None
-    return select_overlay(cache.base, mask, style.dim_rest)
+    return select_overlay(base, mask, style.dim_rest)
 
 
 def encode_png(image: np.ndarray) -> bytes:

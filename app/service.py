@@ -10,6 +10,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import zipfile
 from collections import OrderedDict
@@ -57,6 +58,7 @@ class _LRU:
         self.max_weight = max_weight
         self._d: OrderedDict[Any, Any] = OrderedDict()
         self._w: dict[Any, float] = {}
+        self._t: dict[Any, float] = {}  # last use (time.monotonic)
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
@@ -64,16 +66,27 @@ class _LRU:
             if key not in self._d:
                 return None
             self._d.move_to_end(key)
+            self._t[key] = time.monotonic()
             return self._d[key]
 
     def put(self, key: Any, value: Any, weight: float = 0.0) -> None:
         with self._lock:
             self._d[key] = value
             self._w[key] = weight
+            self._t[key] = time.monotonic()
             self._d.move_to_end(key)
             while len(self._d) > 1 and (len(self._d) > self.size or sum(self._w.values()) > self.max_weight):
                 old, _ = self._d.popitem(last=False)
-                del self._w[old]
+                del self._w[old], self._t[old]
+
+    def expire(self, age: float) -> int:
+        """Drop the entries unused for ``age`` seconds; returns how many."""
+        cutoff = time.monotonic() - age
+        with self._lock:
+            old = [k for k, t in self._t.items() if t < cutoff]
+            for k in old:
+                del self._d[k], self._w[k], self._t[k]
+            return len(old)
 
     def keys(self) -> list[Any]:
         with self._lock:
@@ -82,6 +95,7 @@ class _LRU:
     def pop(self, key: Any) -> Any:
         with self._lock:
             self._w.pop(key, None)
+            self._t.pop(key, None)
             return self._d.pop(key, None)
 
 
@@ -203,12 +217,17 @@ class ModelStore:
 
 class DisplayMaps(Mapping[Level, np.ndarray]):
     """A photo's label maps at display size, by display level: ``maps[Level.L2]`` is ``[h, w]``.
-    Only level 1 and the superpixels are stored (~3 bytes per display pixel); coarser levels are
-    looked up through the parent tables when asked (about a millisecond), the whole image is zeros."""
+    Level 1 and the superpixels are stored (~3 bytes per display pixel); a coarser level is looked
+    up through the parent tables when first asked (~1 ms per level) and kept until
+    :meth:`drop_caches` (the session registry drops them for idle sessions); the whole image is zeros."""
 
     def __init__(self, level1: np.ndarray, superpixels: np.ndarray, parents: list[np.ndarray]) -> None:
         self.level1, self.superpixels = level1, superpixels
         self._parents = [p.astype(level1.dtype) for p in parents]  # ids fit the level-1 map's type
+        self._levels: dict[Level, np.ndarray] = {}
+
+    def drop_caches(self) -> None:
+        self._levels = {}
 
     @classmethod
     def empty(cls) -> DisplayMaps:
@@ -220,7 +239,8 @@ class DisplayMaps(Mapping[Level, np.ndarray]):
 
     @property
     def nbytes(self) -> int:
-        return int(self.level1.nbytes + self.superpixels.nbytes + sum(p.nbytes for p in self._parents))
+        cached = sum(m.nbytes for m in list(self._levels.values()))
+        return int(self.level1.nbytes + self.superpixels.nbytes + sum(p.nbytes for p in self._parents) + cached)
 
     def __getitem__(self, level: Level) -> np.ndarray:
         level = Level(int(level))
@@ -230,9 +250,14 @@ class DisplayMaps(Mapping[Level, np.ndarray]):
             return np.zeros(self.shape, np.uint8)
         if int(level) > len(self._parents) + 1:
             raise KeyError(level)
-        m = self.level1
-        for p in self._parents[: int(level) - 1]:
-            m = p[m]
+        if level == Level.L1:
+            return self.level1
+        m = self._levels.get(level)
+        if m is None:
+            m = self.level1
+            for p in self._parents[: int(level) - 1]:
+                m = np.take(p, m)
+            self._levels[level] = m
         return m
 
     def __iter__(self) -> Iterator[Level]:
@@ -339,6 +364,8 @@ class Explorer:
         self._folders_lock = threading.Lock()
         self._segment_locks: dict[Any, threading.Lock] = {}
         self.sessions = SessionRegistry(self.cfg.session_memory_mb * 2**20, self.root / "sessions", ttl=self.cfg.session_ttl)
+        # results nobody used for a session lifetime leave the cache too (their folders stay, within the disk cap)
+        self.sessions.on_sweep.append(lambda: self._results.expire(self.cfg.session_ttl))
         self.sessions.start_sweeping(every=min(60.0, max(1.0, self.cfg.session_ttl / 10)))
         self.autosave = AutosaveStore(Path(self.cfg.autosave_dir), self.cfg.autosave_max_mb * 2**20, self.cfg.autosave_ttl)
         self.startup = StartupModel(self.cfg.default_model, self.cfg.default_model)

@@ -18,6 +18,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,15 +81,17 @@ class SessionRegistry:
             the state of a closed page for an hour whatever its ``time_to_live``). None: never.
     """
 
-    def __init__(self, budget: int, folder: Path | None = None, ttl: float | None = None) -> None:
+    def __init__(self, budget: int, folder: Path | None = None, ttl: float | None = None, idle: float = 60.0) -> None:
         self.budget = max(0, int(budget))
         self.folder = folder
         self.ttl = ttl
+        self.idle = idle  # seconds after which a page's drawing caches are dropped (they are made again on use)
         self._pages: OrderedDict[str, dict[int, weakref.ref[View]]] = OrderedDict()  # a page's views (usually one)
         self._used: dict[str, float] = {}
         self._lock = threading.Lock()
         self.evicted = 0  # pages released for the budget so far
         self.expired = 0  # pages released after their lifetime so far
+        self.on_sweep: list[Callable[[], int]] = []  # more clean-up for each sweep (the app's result cache)
 
     @staticmethod
     def _key(view: View) -> str:
@@ -162,11 +165,17 @@ class SessionRegistry:
 
     def enforce(self) -> int:
         """Release least recently used pages until the rest fit the budget; returns how many."""
-        released = 0
+        released, dropped = 0, False
         while True:
             pages = self._live_pages()
             if len(pages) <= 1 or self._total([v for _, vs in pages for v in vs]) <= self.budget:
                 return released
+            if not dropped:  # first what costs nobody anything: the other pages' drawing caches
+                for _, views in pages[:-1]:
+                    for v in views:
+                        v.drop_caches()
+                dropped = True
+                continue
             key, views = pages[0]
             self._release(key, views)
             self.evicted += 1
@@ -175,18 +184,25 @@ class SessionRegistry:
             trim_memory()
 
     def sweep(self, now: float | None = None) -> int:
-        """Release pages unused for longer than ``ttl``; returns how many."""
-        if self.ttl is None:
-            return 0
+        """Release pages unused for longer than ``ttl`` and drop the drawing caches of pages idle
+        for ``idle`` seconds; returns how many pages were released."""
         now = time.monotonic() if now is None else now
         released = 0
         for key, views in self._live_pages():
-            if now - self._used.get(key, now) > self.ttl:
+            unused = now - self._used.get(key, now)
+            if unused > self.idle:
+                for v in views:
+                    v.drop_caches()
+            if self.ttl is not None and unused > self.ttl:
                 self._release(key, views)
                 self.expired += 1
                 released += 1
+        dropped = sum(hook() for hook in self.on_sweep)
         if released:
             log.info("%d sessions released after their lifetime", released)
+        if dropped:
+            log.info("%d cached results expired", dropped)
+        if released or dropped:
             trim_memory()
         return released
 

@@ -110,6 +110,7 @@ class Page:
     view: gr.State
     active_model: gr.State
     browser: gr.BrowserState  # this browser's id (local storage): names its autosaved annotations
+    announced: gr.State  # the autosave this page last announced as restored (one notice per restore)
     image: gr.Image
     model: gr.Dropdown
     button: gr.Button
@@ -209,7 +210,7 @@ def _compare_tab() -> dict[str, Any]:
 def _wire_explore(page: Page, cb: Callbacks, workers: int) -> None:
     seg_kw: dict[str, Any] = dict(concurrency_limit=workers, concurrency_id="segment")
     quiet: dict[str, Any] = dict(api_visibility="private", show_progress="hidden")
-    restore = (cb.restore, [page.view, page.browser], [page.view])
+    restore = (cb.restore, [page.view, page.browser, page.announced], [page.view, page.announced])
     page.button.click(cb.segment, [page.image, page.model, *page.controls], page.segment_outputs, api_name="segment",
                       api_visibility="public", **seg_kw).success(*restore, **quiet)
     page.image.change(cb.resegment, [page.image, page.model, *page.controls], page.segment_outputs,
@@ -341,7 +342,8 @@ def build(explorer: Explorer) -> gr.Blocks:
         gr.Markdown(INTRO)
         notice = gr.Markdown(explorer.notice or "", elem_id="notice", visible=bool(explorer.notice))
         startup_timer = gr.Timer(2.0, active=False)
-        page = Page(view=view, active_model=active_model, browser=browser, **_explore_tab(explorer), **_compare_tab())
+        page = Page(view=view, active_model=active_model, browser=browser, announced=gr.State(None),
+                    **_explore_tab(explorer), **_compare_tab())
         annotate = _annotate_tab()
         _wire_explore(page, cb, explorer.cfg.workers)
         _wire_compare(page, cb, explorer.cfg.workers)

@@ -128,6 +128,13 @@ class View:
         baseline = self.baseline_maps.nbytes if self.baseline_maps is not None else 0
         return int(self.cache.nbytes + baseline)
 
+    def drop_caches(self) -> None:
+        """Free the drawing caches (made again on the next event, a few ms): for idle sessions."""
+        self.cache.base, self.cache.base_style = None, None
+        self.maps.drop_caches()  # shared with other sessions on the same photo: they make them again if needed
+        if self.baseline_maps is not None:
+            self.baseline_maps.drop_caches()
+
     def release(self) -> None:
         """Drop everything heavy (the result, maps, caches, annotations: they were autosaved) and
         mark the view expired; only ``session`` and ``autosave`` stay."""

@@ -4,7 +4,8 @@ The Annotate handlers (``app.annotate.AnnotateCallbacks``) run in this process o
 by the app's engine (``app.service.Explorer``), exactly as Gradio calls them, and each handler call
 is timed from its start until it returns everything the page shows (the annotate overlay PNG
 written, the region tree HTML, the picked-segment summary and the label suggestions): the same
-span the app's ``CAST_APP_TIMINGS=1`` log reports. Gradio's queue and the browser transfer are not
+span the app's ``CAST_APP_TIMINGS=1`` log reports. Every edit is autosaved (atomic write with
+fsync), as in a browser session. Gradio's queue and the browser transfer are not
 included (benchmarks/app_latency.py measures those for the Explore clicks).
 
 An edit session per photo: click a level-4 segment, add it as a region; click two level-3 parts
@@ -28,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -95,7 +97,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="cast-annotate-bench-"))
     model = make_model(tmp / "models" / "cast_small_random")
-    cfg = AppConfig(default_model="bundled", models_dir=tmp / "models", precompute_examples=False, temp_dir=tmp / "app")
+    cfg = AppConfig(default_model="bundled", models_dir=tmp / "models", precompute_examples=False, temp_dir=tmp / "app",
+                    autosave_dir=tmp / "autosave")
     explorer = Explorer(cfg)
     cb = AnnotateCallbacks(explorer)
 
@@ -106,6 +109,8 @@ def main() -> None:
         Image.fromarray(photos(1, size=size, seed=size[0])[0]).save(path, quality=90)
         result = explorer.segment(path, str(model.resolve()))
         view = View.of(result)
+        explorer.sessions.register(view)
+        view.autosave = explorer.autosave.path(uuid.uuid4().hex, result.sha1, result.model)  # as for a browser page
         cb.show(view, 4)  # the tab opened
         times: dict[str, list[float]] = {}
         edit_session(cb, view, args.rounds, times)

@@ -418,9 +418,9 @@ def _superpixel_in(segment: np.ndarray, sp: np.ndarray, tl1: np.ndarray, where: 
     sizes = np.bincount(sp.ravel(), minlength=tl1.shape[0])
     order = np.argsort(sizes, kind="stable")  # ascending: each segment's largest superpixel is written last
     largest[tl1[order]] = order
-    out = largest[segment]
-    todo = np.arange(segment.size)
-    wy, wx = rows[where[0]], cols[where[1]]
+    out = largest[segment].astype(np.int32)  # int32 throughout: these arrays are per changed pixel
+    todo = np.arange(segment.size, dtype=np.int32)
+    wy, wx = rows[where[0]].astype(np.int32), cols[where[1]].astype(np.int32)
     ring = sorted(((dy, dx) for dy in range(-window, window + 1) for dx in range(-window, window + 1) if dy or dx),
                   key=lambda o: (o[0] ** 2 + o[1] ** 2, o))
     for dy, dx in ring:

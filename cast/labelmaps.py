@@ -178,7 +178,7 @@ class LabelMaps:
         rows, cols = self._axes()
         for lv in range(1, NUM_LEVELS + 1):
             yield f"level{lv}.png", self._compose(level1, lv)[rows][:, cols]
-        yield "superpixels.png", sp.astype(np.uint16)[rows][:, cols]
+        yield "superpixels.png", sp.astype(np.uint16, copy=False)[rows][:, cols]
 
     def at(self, x: int, y: int, level: int) -> int:
         """Id of the level-``level`` segment under photo pixel ``(x, y)`` (no full-size map made)."""

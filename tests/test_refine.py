@@ -96,6 +96,17 @@ def test_refinement_is_skipped_where_the_photo_is_not_larger(bundled, photo):
     assert all(np.array_equal(x, y) for x, y in zip(a.label_maps, b.label_maps)) and "refine" not in a.timings
 
 
+def _close(a, b, tol: float = 2e-6) -> bool:
+    """JSON values equal, floats within ``tol``."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= tol
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k], tol) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b))
+    return a == b
+
+
 def test_refine_false_gives_the_maps_of_earlier_versions(bundled):
     """The bundled model on an example photo without refinement: exactly the stored output of the
     version before refinement existed (maps, nodes, parents, predictions)."""
@@ -106,8 +117,11 @@ def test_refine_false_gives_the_maps_of_earlier_versions(bundled):
     assert np.array_equal(tree.superpixels, stored["sp"])
     expected = json.loads((DATA / "bundled_chelsea_nearest_tree.json").read_text())
     got = json.loads(tree.to_json())
-    for key in ("image", "levels", "nodes", "parents", "level_predictions", "superpixels"):
+    for key in ("image", "levels", "parents", "superpixels"):
         assert got[key] == expected[key], key
+    # probabilities are stored rounded to 6 decimals: a last-digit flip from the thread schedule is allowed
+    for key in ("nodes", "level_predictions"):
+        assert _close(got[key], expected[key]), key
     # the refined tree without its refinement: the same segments (ids follow the refined areas)
     refined_tree = bundled[0](ROOT / "assets" / "examples" / "chelsea.jpg")
     for a, b in zip(refined_tree.nearest_label_maps(), tree.label_maps):

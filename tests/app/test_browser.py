@@ -103,10 +103,6 @@ def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
             browser.close()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    pytest.main([__file__, "-q"])
-
-
 def test_annotate_two_segments_label_undo_redo_export(app_server, uploads):
     """The Annotate flow: pick two segments (the second with shift), label them, undo, redo,
     export COCO and read the file."""

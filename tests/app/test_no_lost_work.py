@@ -45,6 +45,22 @@ def start_app(tmp: Path, port: int, run: int) -> subprocess.Popen:
     raise AssertionError((tmp / f"app{run}.log").read_text()[-3000:])
 
 
+def open_page(page, url: str) -> None:
+    """Load the app's page. A page whose server was just killed may still be reconnecting, which
+    aborts a navigation now and then (net::ERR_ABORTED): that attempt is repeated, twice at most."""
+    from playwright.sync_api import Error
+
+    for attempt in range(3):
+        try:
+            page.goto(url, wait_until="domcontentloaded")
+            break
+        except Error:
+            if attempt == 2:
+                raise
+            time.sleep(1)
+    page.wait_for_selector("#input-image input[type=file]", state="attached", timeout=30_000)
+
+
 def segment(page, path: Path) -> None:
     page.get_by_role("tab", name="Explore").click()
     page.set_input_files("#input-image input[type=file]", str(path))
@@ -77,8 +93,7 @@ def test_released_session_says_so_and_work_survives_eviction_and_a_kill(tmp_path
             bob = browser.new_context(viewport={"width": 1300, "height": 1600}).new_page()
             url = f"http://127.0.0.1:{port}/"
             for page in (alice, bob):
-                page.goto(url, wait_until="domcontentloaded")
-                page.wait_for_selector("#input-image input[type=file]", state="attached", timeout=30_000)
+                open_page(page, url)
             segment(alice, uploads["wide.jpg"])
             alice.get_by_role("tab", name="Annotate").click()
             alice.locator("#annotate-overlay img").wait_for(timeout=30_000)
@@ -86,10 +101,10 @@ def test_released_session_says_so_and_work_survives_eviction_and_a_kill(tmp_path
 
             segment(bob, other)  # the budget holds one session: Alice's is released
             click_at(alice.locator("#annotate-overlay img"), 0.75, 0.5)
-            expect(alice.get_by_text(re.compile("session expired; segment it again"))).to_be_visible(timeout=30_000)
+            expect(alice.get_by_text(re.compile("session expired; segment it again")).first).to_be_visible(timeout=30_000)
 
             segment(alice, uploads["wide.jpg"])  # the same browser, the same photo: the work is back
-            expect(alice.get_by_text(re.compile("Restored 1 region"))).to_be_visible(timeout=30_000)
+            expect(alice.get_by_text(re.compile("Restored 1 region")).first).to_be_visible(timeout=30_000)
             alice.get_by_role("tab", name="Annotate").click()
             expect(alice.locator("#regions")).to_contain_text("sky", timeout=30_000)
             add_region(alice, 0.75, "sea")  # the second edit, saved before its answer came
@@ -97,10 +112,9 @@ def test_released_session_says_so_and_work_survives_eviction_and_a_kill(tmp_path
             os.killpg(proc.pid, signal.SIGKILL)  # no shutdown: the process just stops
             proc.wait(timeout=30)
             proc = start_app(tmp_path, port, 1)
-            alice.reload(wait_until="domcontentloaded")
-            alice.wait_for_selector("#input-image input[type=file]", state="attached", timeout=30_000)
+            open_page(alice, url)  # the page as the browser opens it again (its local storage kept)
             segment(alice, uploads["wide.jpg"])
-            expect(alice.get_by_text(re.compile("Restored 2 regions"))).to_be_visible(timeout=30_000)
+            expect(alice.get_by_text(re.compile("Restored 2 regions")).first).to_be_visible(timeout=30_000)
             alice.get_by_role("tab", name="Annotate").click()
             expect(alice.locator("#regions .region")).to_have_count(2, timeout=30_000)
             expect(alice.locator("#regions")).to_contain_text("sea")

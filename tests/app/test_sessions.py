@@ -59,7 +59,7 @@ def engine(tmp_path, models_dir):
 
 def segment(cb: Callbacks, path: Path, browser: str | None = BROWSER) -> View:
     view = cb.segment(str(path), "bundled", *CONTROLS)[0]
-    restored = cb.restore(view, browser)
+    restored, _ = cb.restore(view, browser)
     return view if browser is None else restored
 
 
@@ -69,7 +69,10 @@ def test_sessions_beyond_the_budget_are_released_and_say_so(engine, tmp_path, ph
     one = engine.sessions.memory()
     assert 0 < one < 20 * 2**20  # display maps, photo, working-size tree: no full-size maps in memory
     assert first.tree.maps.offloaded and first.tree.maps.nbytes < 2**20
-    engine.sessions.budget = int(one * 2.5)  # room for two sessions like this one
+    first.drop_caches()  # what a session holds without its drawing caches (they go first under pressure)
+    bare = engine.sessions.memory()
+    assert bare < one
+    engine.sessions.budget = one + bare + bare // 2  # room for the newest session and one more
     views = [first] + [segment(cb, p) for p in photos(tmp_path, photo, 4)[1:]]
     assert [v.expired for v in views] == [True, True, False, False]  # least recently used first
     assert engine.sessions.memory() <= engine.sessions.budget and engine.sessions.evicted == 2
@@ -156,6 +159,9 @@ class FakeView:  # what the registry reads of a view
 
     def release(self) -> None:
         self.expired = True
+
+    def drop_caches(self) -> None:
+        pass
 
 
 def test_registry_keeps_the_newest_view_even_over_budget():
@@ -285,6 +291,21 @@ def test_pages_unused_for_the_session_lifetime_are_released(engine, tmp_path, ph
     assert engine.sessions.live() == [new]
 
 
+def test_idle_pages_lose_their_drawing_caches_first(engine, tmp_path, photo):
+    cb = Callbacks(engine)
+    a, b = (segment(cb, p) for p in photos(tmp_path, photo, 2))
+    assert a.cache.base is not None and b.cache.base is not None  # drawn when segmented
+    engine.sessions._used[engine.sessions._key(a)] -= 100  # a is idle
+    engine.sessions.sweep()
+    assert a.cache.base is None and b.cache.base is not None and not a.expired
+    cb.restyle(a, *CONTROLS)  # used again: drawn again
+    assert a.cache.base is not None
+    # over the budget: the other pages' caches go before any page is released (a is the newest now)
+    engine.sessions.budget = engine.sessions.memory() - b.cache.nbytes // 2
+    assert engine.sessions.enforce() == 0 and b.cache.base is None and a.cache.base is not None
+    assert not a.expired and not b.expired
+
+
 def test_display_maps_hold_level_1_and_superpixels_and_equal_resized_full_maps(engine, tmp_path, photo):
     from app.view import nearest_resize
 
@@ -297,5 +318,43 @@ def test_display_maps_hold_level_1_and_superpixels_and_equal_resized_full_maps(e
         assert np.array_equal(maps[Level(lv)], nearest_resize(full[lv - 1], (w, h)))
     assert np.array_equal(maps[Level.SUPERPIXEL], nearest_resize(tree.superpixels, (w, h)))
     assert not maps[Level.WHOLE].any() and maps[Level.WHOLE].shape == (h, w)
+    assert maps.nbytes < 6.2 * w * h  # and the coarser levels looked up above (1 byte each), until dropped:
+    maps.drop_caches()
     assert maps.nbytes < 3.2 * w * h  # level 1 (1 byte) + superpixels (2 bytes) per display pixel
+    assert np.array_equal(maps[Level.L3], nearest_resize(full[2], (w, h)))  # looked up again
     assert set(maps) == {Level.WHOLE, Level.L1, Level.L2, Level.L3, Level.L4, Level.SUPERPIXEL}
+
+
+def test_results_unused_for_a_lifetime_leave_the_cache(engine, tmp_path, photo):
+    path = photos(tmp_path, photo, 1)[0]
+    first = engine.segment(path, "bundled")
+    assert engine.segment(path, "bundled") is first  # cached
+    engine.sessions.sweep()
+    assert engine.segment(path, "bundled") is first  # used just now: kept
+    engine.cfg.session_ttl = 0
+    time.sleep(0.01)
+    engine.sessions.sweep()
+    assert engine.segment(path, "bundled") is not first  # expired: segmented again
+
+
+def test_a_restore_is_announced_once_per_page(engine, tmp_path, photo, capsys):
+    cb, ac = Callbacks(engine), AnnotateCallbacks(engine)
+    path = photos(tmp_path, photo, 1)[0]
+    view = segment(cb, path)
+    ac.on_click(view, 4, False, click_on(view, 4))
+    ac.add_region(view, 4, "sky")
+    capsys.readouterr()
+    again = cb.segment(str(path), "bundled", *CONTROLS)[0]  # a new session of this browser (another page)
+    again, announced = cb.restore(again, BROWSER, None)
+    assert [r.label for r in again.annotations.regions.values()] == ["sky"]
+    assert "Restored 1 region" in capsys.readouterr().out
+    once_more = cb.segment(str(path), "bundled", *CONTROLS)[0]  # the same page segments the photo again
+    once_more, still = cb.restore(once_more, BROWSER, announced)
+    assert [r.label for r in once_more.annotations.regions.values()] == ["sky"]  # restored all the same,
+    assert "Restored" not in capsys.readouterr().out and still == announced  # without a second notice
+    ys, xs = np.nonzero(once_more.maps[Level(4)] != once_more.maps[Level(4)][0, 0])  # another level-4 segment
+    ac.on_click(once_more, 4, False, SimpleNamespace(index=(int(xs[0]), int(ys[0]))))
+    ac.add_region(once_more, 4, "sea")  # a newer save is news again
+    newest = cb.segment(str(path), "bundled", *CONTROLS)[0]
+    cb.restore(newest, BROWSER, announced)
+    assert "Restored 2 regions" in capsys.readouterr().out
