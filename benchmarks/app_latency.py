@@ -82,10 +82,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(model_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+def launch(model_dir: Path, port: int, log_path: Path, **settings: str) -> subprocess.Popen:
+    """``python app.py`` on 127.0.0.1:``port``, offline, serving ``model_dir`` by default, once it
+    answers; ``settings`` are more environment variables (``CAST_APP_*``) and win."""
     env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", HF_HUB_OFFLINE="1",
                CAST_APP_MODELS_DIR=str(model_dir.parent), CAST_APP_DEFAULT_MODEL=str(model_dir.resolve()),
-               CAST_APP_PRECOMPUTE_EXAMPLES="0", CAST_APP_TIMINGS="1", GRADIO_ANALYTICS_ENABLED="False")
+               CAST_APP_PRECOMPUTE_EXAMPLES="0", CAST_APP_TIMINGS="1", GRADIO_ANALYTICS_ENABLED="False", **settings)
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=open(log_path, "w"),
                             stderr=subprocess.STDOUT)
     deadline = time.time() + 180

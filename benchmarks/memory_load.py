@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from benchmarks.app_latency import free_port, make_model  # noqa: E402
+from benchmarks.app_latency import launch as launch_app  # noqa: E402
 
 TARGETS = {"peak_growth_gib": 1.0}
 SIZE = (6000, 4000)  # 24 MP
@@ -86,24 +86,9 @@ def photo_24mp(i: int, path: Path) -> Path:
 
 
 def launch(model_dir: Path, tmp: Path, port: int, ttl: int) -> subprocess.Popen:
-    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1", HF_HUB_OFFLINE="1",
-               CAST_APP_MODELS_DIR=str(model_dir.parent), CAST_APP_DEFAULT_MODEL=str(model_dir.resolve()),
-               CAST_APP_PRECOMPUTE_EXAMPLES="0", CAST_APP_SESSION_TTL=str(ttl), CAST_APP_TEMP_DIR=str(tmp / "app"),
-               CAST_APP_AUTOSAVE_DIR=str(tmp / "autosave"), GRADIO_TEMP_DIR=str(tmp / "gradio"),
-               GRADIO_ANALYTICS_ENABLED="False")
-    log = open(tmp / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2)
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"app exited: {(tmp / 'app.log').read_text()[-2000:]}") from None
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("app did not start in 180 s")
+    return launch_app(model_dir, port, tmp / "app.log", CAST_APP_TIMINGS="0", CAST_APP_SESSION_TTL=str(ttl),
+                      CAST_APP_TEMP_DIR=str(tmp / "app"), CAST_APP_AUTOSAVE_DIR=str(tmp / "autosave"),
+                      GRADIO_TEMP_DIR=str(tmp / "gradio"))
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ What is exported per image: the annotated regions when there are any, else the r
 segment of all four levels; each level partitions the image). Either way each annotation carries
 its place in the part-whole hierarchy (PACO-style parent links): ``node`` (the segment key such as
 ``"L2-5"``, or the region id such as ``"R3"``) and ``parent_id`` (the annotation id of the segment
-or region it is part of; null at the top).
+or region it is part of; null at the top). COCO annotations repeat ``node``, ``level`` and
+``parent_id`` (when not null) in an ``attributes`` object, the one place where CVAT's importer
+(Datumaro) keeps per-annotation values.
 
 Exports are assembled from per-image *records* (:func:`coco_record`, :func:`labelstudio_record`)
 that hold no global ids, so a dataset split into shards and merged gives the same file as one run.
@@ -151,9 +153,13 @@ class _CocoIds:
         out = []
         for i, a in enumerate(rec["annotations"]):
             cat = self.categories.setdefault(a["category"], len(self.categories) + 1)
+            parent_id = by_node.get(a["parent"]) if a["parent"] is not None else None
             entry = {"id": first + i, "image_id": self.images, "category_id": cat, "segmentation": a["segmentation"],
                      "area": a["area"], "bbox": a["bbox"], "iscrowd": 0, "level": a["level"], "node": a["node"],
-                     "parent_id": by_node.get(a["parent"]) if a["parent"] is not None else None}
+                     "parent_id": parent_id,
+                     # the same links where CVAT / Datumaro look for per-annotation values (they drop other keys)
+                     "attributes": {k: v for k, v in (("node", a["node"]), ("level", a["level"]), ("parent_id", parent_id))
+                                    if v is not None}}
             if a["score"] is not None:
                 entry["score"] = a["score"]
             out.append(entry)

@@ -213,12 +213,10 @@ class Hierarchy:
         return key.id < self.num_segments[int(key.level) - 1]
 
     def segment_at(self, x: int, y: int, level: int) -> int:
-        """Id of the level-``level`` segment under original-resolution pixel ``(x, y)``."""
-        w, h = self.size
-        if not (0 <= x < w and 0 <= y < h):
-            raise IndexError(f"pixel ({x}, {y}) outside the {w}x{h} image")
-        if not 1 <= level <= NUM_LEVELS:
-            raise ValueError(f"level must be 1..{NUM_LEVELS}, got {level}")
+        """Id of the level-``level`` segment under original-resolution pixel ``(x, y)``.
+
+        Raises:
+            IndexError: the pixel is outside the image. ValueError: no such level."""
         return self.maps.at(x, y, level)
 
     def working_label_map(self, level: int) -> np.ndarray:

@@ -55,6 +55,8 @@ def test_coco_of_the_raw_tree_equals_the_label_maps(tree):
             x0, y0, x1, y1 = node.bbox
             assert a["bbox"] == [x0, y0, x1 - x0, y1 - y0]
             assert names[a["category_id"]] == node.predictions[0][0] and a["score"] == pytest.approx(node.predictions[0][1])
+            # CVAT / Datumaro read per-annotation values from "attributes" only: the links are there too
+            assert a["attributes"] == {k: a[k] for k in ("node", "level", "parent_id") if a[k] is not None}
             if lv == 4:
                 assert a["parent_id"] is None
             else:
@@ -73,6 +75,7 @@ def test_coco_of_regions_uses_their_labels_and_links(tree):
     (a_car, a_wheel) = data["annotations"]
     assert (a_car["node"], names[a_car["category_id"]], a_car["parent_id"], a_car["level"]) == (car, "car", None, None)
     assert (a_wheel["node"], a_wheel["parent_id"]) == (wheel, a_car["id"]) and "score" not in a_wheel
+    assert a_car["attributes"] == {"node": car} and a_wheel["attributes"] == {"node": wheel, "parent_id": a_car["id"]}
     assert np.array_equal(decode(a_wheel), ann.mask(wheel))
 
 

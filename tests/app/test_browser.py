@@ -111,7 +111,7 @@ def test_annotate_two_segments_label_undo_redo_export(app_server, uploads):
     from playwright.sync_api import expect, sync_playwright
     from pycocotools import mask as mask_utils
 
-    url, explorer = app_server
+    url, _ = app_server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -139,14 +139,20 @@ def test_annotate_two_segments_label_undo_redo_export(app_server, uploads):
             expect(page.locator("#regions")).to_contain_text("No regions yet", timeout=30_000)
             page.keyboard.press("Control+y")  # the documented shortcut for redo
             expect(page.locator("#regions")).to_contain_text("sky and sea", timeout=30_000)
+            page.keyboard.press("Control+z")  # and for undo
+            expect(page.locator("#regions")).to_contain_text("No regions yet", timeout=30_000)
+            page.locator("#redo").click()
+            expect(page.locator("#regions")).to_contain_text("sky and sea", timeout=30_000)
             page.locator("#export-coco").click()
             link = page.locator("#annotate-file a").first
             link.wait_for(timeout=30_000)
+            with page.expect_download(timeout=30_000) as download:  # the file as the browser saves it
+                link.click()
+            coco = json.loads(Path(download.value.path()).read_text())
+            assert download.value.suggested_filename == "coco.json"
             assert not errors, errors
         finally:
             browser.close()
-    exported = sorted(explorer.root.glob("sessions/*/coco.json"), key=lambda f: f.stat().st_mtime)[-1]
-    coco = json.loads(exported.read_text())
     assert [c["name"] for c in coco["categories"]] == ["sky and sea"] and len(coco["annotations"]) == 1
     (ann,) = coco["annotations"]
     assert ann["node"] == "R1" and ann["parent_id"] is None and coco["images"][0]["width"] == 1000
