@@ -520,14 +520,22 @@ def region_colour(annotations: Any, region_id: str) -> tuple[int, int, int]:
 def annotate_overlay(view: View, level: int, opacity: float = 0.5) -> np.ndarray:
     """The photo with the regions (wholes first, parts over them, coloured by label), the
     segments of ``level`` outlined in white, the picked segments in yellow, the active region in cyan."""
-    from .view import annotations_of, picked_mask, region_mask
+    from .view import annotations_of, picked_mask, region_leaves, region_mask
 
     ann = annotations_of(view)
-    out = view.result.photo.astype(np.float32)
-    for region in sorted(ann.regions.values(), key=lambda r: ann.depth(r.id)):
-        m = region_mask(view, region.id)
-        out[m] = out[m] * (1 - opacity) + np.asarray(region_colour(ann, region.id), np.float32) * opacity
-    out = out.astype(np.uint8)
+    if len(ann):
+        # Regions are unions of level-1 segments: blend per level-1 segment (a part over its whole
+        # blends twice), then apply the tables to the photo in one pass.
+        keep = np.ones(view.tree.num_segments[0], np.float32)  # share of the photo left
+        add = np.zeros((keep.size, 3), np.float32)  # colour laid over it
+        for region in sorted(ann.regions.values(), key=lambda r: ann.depth(r.id)):
+            ids = region_leaves(view, region.id)
+            keep[ids] *= 1 - opacity
+            add[ids] = add[ids] * (1 - opacity) + np.asarray(region_colour(ann, region.id), np.float32) * opacity
+        level1 = view.maps[Level.L1]
+        out = (view.result.photo * keep[level1][..., None] + add[level1]).astype(np.uint8)
+    else:
+        out = view.result.photo.copy()
     out[boundaries(view.maps[Level(int(level))])] = (255, 255, 255)
     if view.picked:
         picked = picked_mask(view)
@@ -540,17 +548,18 @@ def annotate_overlay(view: View, level: int, opacity: float = 0.5) -> np.ndarray
 
 def regions_html(view: View) -> str:
     """The regions as a tree (parts under their wholes); every row is ``data-region="R3"``."""
-    from .view import annotations_of
+    from .view import annotations_of, region_leaves
 
     ann = annotations_of(view)
     if not len(ann):
         return '<div class="regions muted">No regions yet: pick segments, type a label, press Enter.</div>'
     w, h = view.size
+    pixels = np.bincount(view.maps[Level.L1].ravel(), minlength=view.tree.num_segments[0])  # per level-1 segment
 
     def rows(parent: str | None, depth: int) -> str:
         out = []
         for r in ann.children(parent):
-            share = float(np.isin(view.maps[Level.L1], np.fromiter(ann.leaves(r.id), np.int64)).sum()) / (w * h)
+            share = float(pixels[region_leaves(view, r.id)].sum()) / (w * h)
             cls = "region active" if r.id == view.active else "region"
             colour = hex_colour(region_colour(ann, r.id))
             out.append(f'<li><span class="{cls}" data-region="{r.id}" style="border-color:{colour}">'

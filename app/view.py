@@ -250,10 +250,16 @@ def picked_mask(view: View) -> np.ndarray:
     return out
 
 
+def region_leaves(view: View, region_id: str) -> np.ndarray:
+    """The level-1 segment ids a region covers, ``[k]`` int64."""
+    return np.fromiter(annotations_of(view).leaves(region_id), np.int64)
+
+
 def region_mask(view: View, region_id: str) -> np.ndarray:
-    """``[h, w]`` bool mask of a region at display size."""
-    leaves = np.fromiter(annotations_of(view).leaves(region_id), np.int64)
-    return np.isin(view.maps[Level.L1], leaves)
+    """``[h, w]`` bool mask of a region at display size (a lookup table over the level-1 map)."""
+    table = np.zeros(view.tree.num_segments[0], bool)
+    table[region_leaves(view, region_id)] = True
+    return table[view.maps[Level.L1]]
 
 
 def label_suggestions(view: View, limit: int = 6) -> list[str]:

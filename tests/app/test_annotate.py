@@ -149,3 +149,29 @@ def test_import_refuses_other_files(callbacks, result, explorer, uploads, tmp_pa
     with pytest.raises(gr.Error):  # annotations of another photo's tree
         callbacks.import_json(view, 3, callbacks.export_json(other))
     assert view.annotations is None or len(view.annotations) == 0
+
+
+def test_annotate_overlay_colours_wholes_and_their_parts(result):
+    from app.render import annotate_overlay, region_colour
+    from cast.annotations import Annotations
+
+    view = View.of(result)
+    whole, a, _ = two_parts(view)
+    ann = view.annotations = Annotations(view.tree)
+    car = ann.create([f"L4-{whole}"], "car")
+    wheel = ann.create([f"L3-{a}"], "wheel")  # a part: laid over its whole
+    opacity = 0.5
+    got = annotate_overlay(view, 4, opacity).astype(np.float32)
+    photo = view.result.photo.astype(np.float32)
+    c_car, c_wheel = (np.asarray(region_colour(ann, r), np.float32) for r in (car, wheel))
+    l4, l3 = view.maps[Level.L4], view.maps[Level.L3]
+    edges = np.zeros(l4.shape, bool)  # level-4 boundaries (white) and the region outlines are drawn over
+    edges[:, :-1] |= l4[:, :-1] != l4[:, 1:]
+    edges[:-1, :] |= l4[:-1, :] != l4[1:, :]
+    edges |= np.pad(edges, 4)[8:, 4:-4] | np.pad(edges, 4)[:-8, 4:-4] | np.pad(edges, 4)[4:-4, 8:] | np.pad(edges, 4)[4:-4, :-8]
+    only_whole, part, outside = (l4 == whole) & (l3 != a) & ~edges, (l3 == a) & ~edges, (l4 != whole) & ~edges
+    want_whole = photo * (1 - opacity) + c_car * opacity
+    assert np.abs(got[only_whole] - want_whole[only_whole]).max() <= 1
+    want_part = want_whole * (1 - opacity) + c_wheel * opacity  # blended over the whole's colour
+    assert np.abs(got[part] - want_part[part]).max() <= 1
+    assert np.array_equal(got[outside], photo[outside])  # the rest is the photo

@@ -198,6 +198,7 @@ def test_autosave_folder_keeps_its_cap_and_lifetime(tmp_path):
     assert len(secret) >= 32 and AutosaveStore(store.folder, 3000, 3600).browser_secret() == secret
 
 
+@pytest.mark.slow  # three writer processes killed mid-write
 def test_atomic_write_leaves_old_or_new_file_after_a_kill(tmp_path):
     target = tmp_path / "save.json"
     atomic_write(target, json.dumps({"n": -1, "pad": ""}).encode())
