@@ -49,7 +49,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
     from . import CastError, load_segmenter
-    from .batch import FORMATS, BatchJob, parse_shard, run
+    from .batch import FORMATS, BatchJob, BatchMismatchError, parse_shard, run
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,8 +76,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return 2
     levels = tuple(int(v) for v in args.segment_predictions.split(",") if v.strip()) if args.segment_predictions else ()
     job = BatchJob(files, _out_names(files), Path(args.out), formats, max(1, args.batch_size), max(0, args.workers),
-                   max(0, args.writers), shard, levels, args.image_root, progress=not args.quiet)
-    done = run(job, segmenter)
+                   max(0, args.writers), shard, levels, args.image_root,
+                   model=Path(args.model).name if Path(args.model).exists() else args.model,  # a folder on any machine
+                   progress=not args.quiet)
+    try:
+        done = run(job, segmenter)
+    except BatchMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     mine = sum(len(b) for b in job.batches())
     print(f"{done} segmented now, {mine - len(job.failed)} of {mine} inputs of this shard done in {job.out}"
           + (f" (shard {shard[0]}/{shard[1]} of {len(files)})" if shard[1] > 1 else ""), file=sys.stderr)
@@ -88,14 +94,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .batch import merge
+    from .batch import BatchMismatchError, inputs_of, merge
 
     try:
         images, formats = merge([Path(o) for o in args.outputs], Path(args.out))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, BatchMismatchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"merged {images} images ({formats} formats) into {args.out}", file=sys.stderr)
+    expected = inputs_of(Path(args.out))
+    if expected is not None and images < expected:
+        print(f"warning: {expected - images} of the {expected} inputs are in none of these outputs (a shard not run, "
+              "not finished or not given to merge?)", file=sys.stderr)
     return 0
 
 

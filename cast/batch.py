@@ -11,6 +11,9 @@ COCO and one Label Studio file, resumable and splittable into shards.
   killed run continues where it stopped. ``OUT/coco.json``, ``OUT/labelstudio.json`` and
   ``OUT/labelstudio.xml`` are assembled from the parts at the end.
 - Files that cannot be read are reported and recorded as failed; the rest go on.
+- ``OUT/.parts/manifest.json`` records what the parts belong to (the input names in order and
+  the model). A run or a merge on parts of another input list or model is refused with a
+  :class:`BatchMismatchError` instead of mixing them (parts are numbered by input position).
 """
 
 from __future__ import annotations
@@ -38,10 +41,18 @@ from .exports import (
 )
 from .segmenter import Segmenter
 
-__all__ = ["BatchJob", "run", "merge", "FORMATS", "parse_shard"]
+__all__ = ["BatchJob", "BatchMismatchError", "run", "merge", "inputs_of", "FORMATS", "parse_shard"]
 
 FORMATS = ("json", "coco", "labelstudio")
 PARTS = ".parts"
+MANIFEST = "manifest.json"  # in PARTS: {"schema", "version", "names", "model"}
+_MANIFEST_SCHEMA = "cast-batch"
+
+
+class BatchMismatchError(CastError, ValueError):
+    """An output folder holds parts of another input list or model than this run's or merge's."""
+
+    default_short = "the output folder belongs to another run"
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -69,6 +80,7 @@ class BatchJob:
     shard: tuple[int, int] = (0, 1)
     segment_levels: tuple[int, ...] = ()  # levels whose segments also get masked-image recognition
     image_root: str = ""  # prefix of Label Studio's data.image (a URL or a local-files path)
+    model: str = ""  # the model's name (a registry name, or a folder's name): recorded; a resume must use the same
     progress: bool = True
     failed: list[str] = field(default_factory=list)
 
@@ -77,6 +89,9 @@ class BatchJob:
         every = [list(range(s, min(s + self.batch_size, len(self.files)))) for s in range(0, len(self.files), self.batch_size)]
         i, n = self.shard
         return every[i::n]
+
+    def manifest(self) -> dict[str, Any]:
+        return {"schema": _MANIFEST_SCHEMA, "version": 1, "names": list(self.names), "model": self.model}
 
     def part(self, index: int, fmt: str) -> Path:
         return self.out / PARTS / f"{index:08d}.{fmt}.json"
@@ -225,6 +240,7 @@ def run(job: BatchJob, segmenter: Segmenter) -> int:
     from tqdm import tqdm
 
     (job.out / PARTS).mkdir(parents=True, exist_ok=True)
+    _claim(job.out, job.manifest())
     batches = job.batches()
     todo = [b for b in batches if not all(job.done(i) for i in b)]
     total = sum(len(b) for b in batches)
@@ -283,19 +299,77 @@ def assemble(out: Path, formats: tuple[str, ...], parts_dirs: list[Path] | None 
                               (EncodedTask.loads(found[k].read_text()) for k in names))
 
 
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    path = out / PARTS / MANIFEST
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None  # parts written before manifests existed: nothing to compare
+    except (OSError, ValueError) as e:
+        raise BatchMismatchError(f"{path} is unreadable ({e}); use a new output folder") from None
+    if not isinstance(doc, dict) or doc.get("schema") != _MANIFEST_SCHEMA:
+        raise BatchMismatchError(f"{path} is not a manifest of `python -m cast segment`; use a new output folder")
+    return doc
+
+
+def inputs_of(out: Path) -> int | None:
+    """How many inputs the run(s) behind an output folder had (None: not recorded)."""
+    m = _read_manifest(Path(out))
+    return None if m is None else len(m["names"])
+
+
+def _mismatch(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """What differs between two manifests ("" when they describe the same run)."""
+    if a["names"] != b["names"]:
+        gone, new = sorted(set(a["names"]) - set(b["names"])), sorted(set(b["names"]) - set(a["names"]))
+        what = (f"{len(gone)} inputs missing (e.g. {gone[0]})" if gone else "") + (", " if gone and new else "") + (
+            f"{len(new)} inputs added (e.g. {new[0]})" if new else "")
+        return f"another input list ({what or 'the same names in another order'})"
+    if a.get("model") and b.get("model") and a["model"] != b["model"]:
+        return f"another model ({a['model']!r}, not {b['model']!r})"
+    return ""
+
+
+def _claim(out: Path, manifest: dict[str, Any]) -> None:
+    """Record what ``out``'s parts belong to, or refuse when they belong to another run (parts are
+    numbered by input position: mixing lists would give images each other's annotations)."""
+    old = _read_manifest(out)
+    if old is not None:
+        why = _mismatch(old, manifest)
+        if why:
+            raise BatchMismatchError(f"{out} holds the results of {why}; use a new --out folder (or delete {out} "
+                                     "to start over)", short="the output folder belongs to another run")
+    write_json(out / PARTS / MANIFEST, manifest)
+
+
 def merge(outputs: list[Path], out: Path) -> tuple[int, int]:
     """Combine the COCO / Label Studio files of shard outputs into ``out``; returns
-    ``(images, formats)`` merged. The parts are copied too, so ``out`` can be merged again."""
+    ``(images, formats)`` merged. The parts are copied too, so ``out`` can be merged again.
+
+    Raises:
+        FileNotFoundError: an output that ``python -m cast segment`` did not write.
+        BatchMismatchError: outputs of different input lists or models.
+    """
     dirs = [Path(o) / PARTS for o in outputs]
     missing = [str(d.parent) for d in dirs if not d.is_dir()]
     if missing:
         raise FileNotFoundError(f"not outputs of `python -m cast segment` (no {PARTS} folder): {', '.join(missing)}")
+    manifests = [(d.parent, m) for d in dirs if (m := _read_manifest(d.parent)) is not None]
+    for folder, m in manifests[1:]:
+        why = _mismatch(manifests[0][1], m)
+        if why:
+            raise BatchMismatchError(f"{folder} holds the results of {why} than {manifests[0][0]}: shards merge only "
+                                     "when they were run on the same inputs with the same model")
     (out / PARTS).mkdir(parents=True, exist_ok=True)
+    if manifests:
+        _claim(out, manifests[0][1])
     formats = tuple(f for f in ("coco", "labelstudio") if any(next(d.glob(f"*.{f}.json"), None) for d in dirs))
     for d in dirs:
         if d.resolve() == (out / PARTS).resolve():
             continue
         for p in d.iterdir():
+            if p.name == MANIFEST:
+                continue
             target = out / PARTS / p.name
             if not target.exists():
                 target.write_bytes(p.read_bytes())

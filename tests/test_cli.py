@@ -118,6 +118,30 @@ def test_shards_merged_equal_one_run(tmp_path, photo, tiny_model_dir):
     for name in ("coco.json", "labelstudio.json", "labelstudio.xml"):
         assert (tmp_path / "merged" / name).read_text() == (tmp_path / "one" / name).read_text(), name
     assert run_cli("segment", src, "--out", tmp_path / "x", "--shard", "3/3", *common).returncode == 2
+    r = run_cli("merge", tmp_path / "s0", tmp_path / "s2", "--out", tmp_path / "partial")  # a shard forgotten
+    assert r.returncode == 0 and "of the 7 inputs are in none of these outputs" in r.stderr
+
+
+def test_an_output_folder_of_other_inputs_or_another_model_is_refused(tmp_path, photo, tiny_model_dir):
+    """Parts are numbered by input position: resuming or merging across input lists would give
+    images each other's annotations, so it is refused with a clear message."""
+    src = _dataset(tmp_path / "in", photo, n=3, broken=False)
+    common = ["--format", "coco", "--workers", "0", "--writers", "0", "--quiet"]
+    out = tmp_path / "out"
+    assert run_cli("segment", src, "--model", tiny_model_dir, "--out", out, *common).returncode == 0
+    before = (out / "coco.json").read_text()
+    (src / "aaa_new.jpg").write_bytes(next(src.glob("*.jpg")).read_bytes())  # a new photo, first in file order
+    r = run_cli("segment", src, "--model", tiny_model_dir, "--out", out, *common)
+    assert r.returncode == 2 and "another input list (1 inputs added (e.g. aaa_new))" in r.stderr
+    assert "use a new --out folder" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "coco.json").read_text() == before  # nothing was touched
+    r = run_cli("segment", src, "--model", "bundled", "--out", tmp_path / "other", *common)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("merge", out, tmp_path / "other", "--out", tmp_path / "merged")
+    assert r.returncode == 2 and "shards merge only when they were run on the same inputs" in r.stderr
+    (src / "aaa_new.jpg").unlink()
+    r = run_cli("segment", src, "--model", "bundled", "--out", out, *common)  # the same inputs, another model
+    assert r.returncode == 2 and "another model" in r.stderr
 
 
 def _processes_with(text: str) -> list[int]:
