@@ -51,42 +51,38 @@ class ModelChoice:
 
 class _LRU:
     """A small thread-safe least-recently-used map, bounded by entries and optionally by a total
-    weight (the newest entry is always kept)."""
+    weight (the newest entry is always kept); entries unused for a while can be dropped (:meth:`expire`)."""
 
     def __init__(self, size: int, max_weight: float = float("inf")) -> None:
         self.size = max(1, size)
         self.max_weight = max_weight
-        self._d: OrderedDict[Any, Any] = OrderedDict()
-        self._w: dict[Any, float] = {}
-        self._t: dict[Any, float] = {}  # last use (time.monotonic)
+        self._d: OrderedDict[Any, tuple[Any, float, float]] = OrderedDict()  # key -> (value, weight, last use)
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
         with self._lock:
             if key not in self._d:
                 return None
+            value, weight, _ = self._d[key]
+            self._d[key] = (value, weight, time.monotonic())
             self._d.move_to_end(key)
-            self._t[key] = time.monotonic()
-            return self._d[key]
+            return value
 
     def put(self, key: Any, value: Any, weight: float = 0.0) -> None:
         with self._lock:
-            self._d[key] = value
-            self._w[key] = weight
-            self._t[key] = time.monotonic()
+            self._d[key] = (value, weight, time.monotonic())
             self._d.move_to_end(key)
-            while len(self._d) > 1 and (len(self._d) > self.size or sum(self._w.values()) > self.max_weight):
-                old, _ = self._d.popitem(last=False)
-                del self._w[old], self._t[old]
+            while len(self._d) > 1 and (len(self._d) > self.size or sum(w for _, w, _ in self._d.values()) > self.max_weight):
+                self._d.popitem(last=False)
 
     def expire(self, age: float) -> int:
-        """Drop the entries unused for ``age`` seconds; returns how many."""
-        cutoff = time.monotonic() - age
+        """Drop the entries unused for ``age`` seconds (the oldest come first); returns how many."""
+        cutoff, dropped = time.monotonic() - age, 0
         with self._lock:
-            old = [k for k, t in self._t.items() if t < cutoff]
-            for k in old:
-                del self._d[k], self._w[k], self._t[k]
-            return len(old)
+            while self._d and next(iter(self._d.values()))[2] < cutoff:
+                self._d.popitem(last=False)
+                dropped += 1
+        return dropped
 
     def keys(self) -> list[Any]:
         with self._lock:
@@ -94,9 +90,8 @@ class _LRU:
 
     def pop(self, key: Any) -> Any:
         with self._lock:
-            self._w.pop(key, None)
-            self._t.pop(key, None)
-            return self._d.pop(key, None)
+            entry = self._d.pop(key, None)
+            return None if entry is None else entry[0]
 
 
 class ModelStore:

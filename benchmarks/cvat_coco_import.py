@@ -224,16 +224,12 @@ def export_annotated(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
     return path, {rid: ann.mask(rid) for rid in ann.regions}
 
 
-def layout(coco_file: Path, images: list[Path], dest: Path, coco: dict[str, Any] | None = None) -> Path:
+def layout(coco_file: Path, images: list[Path], dest: Path) -> Path:
     """``dest/annotations/instances_default.json`` + ``dest/images/default/<file_name>``: CVAT's
     COCO 1.0 zip, unzipped."""
     (dest / "annotations").mkdir(parents=True)
     (dest / "images" / SUBSET).mkdir(parents=True)
-    target = dest / "annotations" / f"instances_{SUBSET}.json"
-    if coco is None:
-        shutil.copy(coco_file, target)
-    else:
-        target.write_text(json.dumps(coco))
+    shutil.copy(coco_file, dest / "annotations" / f"instances_{SUBSET}.json")
     for img in images:
         shutil.copy(img, dest / "images" / SUBSET / img.name)
     return dest

@@ -40,7 +40,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from benchmarks.app_latency import free_port  # noqa: E402
 from cast.exports import labelstudio_config, labelstudio_record, ls_rle_decode  # noqa: E402
 
 EXAMPLES = ROOT / "assets" / "examples"
@@ -126,12 +126,6 @@ def export_annotated() -> tuple[dict[str, Any], str, dict[str, np.ndarray]]:
 # ---------------------------------------------------------------------------------------------
 # The server
 # ---------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def start_server(ls_python: Path, data_dir: Path, port: int, token: str, log: Path) -> subprocess.Popen:

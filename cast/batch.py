@@ -322,9 +322,8 @@ def _mismatch(a: dict[str, Any], b: dict[str, Any]) -> str:
     """What differs between two manifests ("" when they describe the same run)."""
     if a["names"] != b["names"]:
         gone, new = sorted(set(a["names"]) - set(b["names"])), sorted(set(b["names"]) - set(a["names"]))
-        what = (f"{len(gone)} inputs missing (e.g. {gone[0]})" if gone else "") + (", " if gone and new else "") + (
-            f"{len(new)} inputs added (e.g. {new[0]})" if new else "")
-        return f"another input list ({what or 'the same names in another order'})"
+        what = [f"{len(names)} inputs {verb} (e.g. {names[0]})" for names, verb in ((gone, "missing"), (new, "added")) if names]
+        return f"another input list ({', '.join(what) or 'the same names in another order'})"
     if a.get("model") and b.get("model") and a["model"] != b["model"]:
         return f"another model ({a['model']!r}, not {b['model']!r})"
     return ""

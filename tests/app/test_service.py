@@ -89,6 +89,22 @@ def test_result_cache_is_bounded_by_entries_and_pixels():
     assert lru.keys() == [2, "big"]  # weight: 10 + 85 <= 100, the least recently used went first
     lru.put("huge", "h", weight=1000)
     assert lru.keys() == ["huge"]  # the newest entry is kept even alone over the bound
+    assert lru.pop("huge") == "h" and lru.pop("huge") is None
+
+
+def test_result_cache_drops_entries_unused_for_a_while():
+    import time
+
+    from app.service import _LRU
+
+    lru = _LRU(5)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    time.sleep(0.05)
+    lru.put("c", 3)
+    assert lru.get("a") == 1  # used again: young
+    assert lru.expire(0.03) == 1 and lru.keys() == ["c", "a"]  # only b was left unused
+    assert lru.expire(10) == 0 and lru.expire(0) == 2 and lru.keys() == []
 
 
 def test_models_with_concepts_show_the_semantic_path(explorer, models_dir, uploads):
