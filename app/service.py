@@ -122,7 +122,8 @@ class ModelStore:
                                    "bundled"))
         for name, w in PUBLISHED.items():
             if w.arch.startswith("cast"):
-                out.append(ModelChoice(name, f"{name}: {w.dataset}, {w.result}", "published"))
+                what = ", ".join(part for part in (w.dataset, w.result) if part)
+                out.append(ModelChoice(name, f"{name}: {what} ({w.size_hint})", "published"))
         for folder in self._model_folders():
             out.append(ModelChoice(str(folder), f"folder: {folder.name}", "folder"))
         for src in self.cfg.extra_models:

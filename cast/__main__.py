@@ -1,4 +1,4 @@
-"""Command line.
+"""Command line: ``cast`` (the console script ``pip install`` puts on the PATH) or ``python -m cast``.
 
 ``python -m cast segment IMAGE_OR_DIR... --model SOURCE --out DIR [--format json,coco,labelstudio]``
 writes one folder per image (``json``: ``hierarchy.json``, ``level1..4.png``, ``superpixels.png``)
@@ -114,9 +114,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .models.hub_mixin import has_weights
     from .weights import BUNDLED_MODELS, bundled_dir
 
-    print(f"{'name':32} {'family':8} {'trained on':32} result")
+    print(f"{'name':32} {'family':8} {'trained on':32} {'paper result':36} download")
     for w in PUBLISHED.values():
-        print(f"{w.name:32} {w.family:8} {w.dataset:32} {w.result}")
+        print(f"{w.name:32} {w.family:8} {w.dataset:32} {w.result or '(no figure in the paper)':36} {w.size_hint}")
     for name in BUNDLED_MODELS:
         state = "installed" if has_weights(bundled_dir(name)) else "not installed"
         print(f"{name:32} {'':8} {str(bundled_dir(name)):32} ({state})")
@@ -124,7 +124,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cast", description="CAST Explorer model library")
+    # the same parser behind `cast` (the installed console script) and `python -m cast`
+    prog = "cast" if Path(sys.argv[0]).name == "cast" else "python -m cast"
+    parser = argparse.ArgumentParser(prog=prog, description="CAST Explorer model library")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment images into part-to-whole hierarchies")
     seg.add_argument("inputs", nargs="+", help="image files and/or folders")

@@ -39,7 +39,7 @@ from .models.hub_mixin import (
 )
 from .models.vit_conv import checkpoint_filter_fn as vit_filter_fn
 from .superpixels import SEEDS_DEIT, SEEDS_MOCO
-from .weights import BUNDLED, BUNDLED_MODELS, PUBLISHED, ModelInfo, bundled_dir, default_class_names
+from .weights import BUNDLED, BUNDLED_MODELS, PUBLISHED, ModelInfo, bundled_dir, bundled_env, default_class_names
 
 __all__ = [
     "load_model", "resolve_source", "Source", "load_concepts_of", "safe_torch_load", "save_own_format",
@@ -301,9 +301,10 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
         source: one of
             - a published name (``cast.PUBLISHED``, e.g. ``"cast_small.deit_in1k"``), downloaded from
               the Hub repo ``twke/CAST`` through huggingface_hub's cache (``HF_HUB_OFFLINE`` honoured);
-            - ``"bundled"``: the default model shipped in ``assets/bundled``; ``"bundled_vit"``: its
-              ViT baseline in ``assets/bundled_vit`` (returns the ViT, not a CAST); ``"bundled_hirl"``:
-              a self-supervised cast_tiny with a concept hierarchy (``assets/bundled_hirl``);
+            - ``"bundled"``: the default model, package data in ``cast/assets/bundled`` (installed with
+              the package); in a checkout also ``"bundled_vit"``: its ViT baseline in ``assets/bundled_vit``
+              (returns the ViT, not a CAST), and ``"bundled_hirl"``: a self-supervised cast_tiny with a
+              concept hierarchy (``assets/bundled_hirl``);
             - a local published-format file (``.pth``, ``.pth.tar``);
             - a folder or Hub repo id with ``config.json`` + ``model.safetensors`` (our format).
         revision: Hub revision (branch, tag or commit) to pin.
@@ -323,9 +324,12 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
     if src.kind == "bundled":
         assert src.path is not None
         if not (src.path / CONFIG_NAME).is_file() or not has_weights(src.path):
+            where = ("it is package data of cast-explorer: reinstall the package" if src.name == BUNDLED else
+                     "it ships with the CAST Explorer checkout (assets/), not with the pip package: run from a clone")
             raise WeightsNotAvailableError(
-                f"the bundled model {src.name!r} is not installed ({src.path} has no {CONFIG_NAME} + {WEIGHTS_NAME}). "
-                f"Use a published model instead, one of: {', '.join(PUBLISHED)}",
+                f"the bundled model {src.name!r} is not installed ({src.path} has no {CONFIG_NAME} + {WEIGHTS_NAME}); "
+                f"{where}, or set {bundled_env(src.name)} to a folder holding it. "
+                f"Or use a published model, one of: {', '.join(PUBLISHED)}",
                 short="the bundled model is not installed",
             )
         model = load_own_format(src.path, overrides=overrides, source=src.name)

@@ -13,7 +13,7 @@ from .superpixels import SEEDS_DEIT, SEEDS_MOCO, SuperpixelSettings
 
 __all__ = [
     "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "BUNDLED_BASELINE", "BUNDLED_CONCEPTS",
-    "BUNDLED_MODELS", "BASELINE_FOR", "bundled_dir",
+    "BUNDLED_MODELS", "BASELINE_FOR", "bundled_dir", "bundled_env", "PACKAGE_DIR", "REPO_ROOT",
     "imagenet_class_names", "default_class_names", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
@@ -21,15 +21,17 @@ HUB_REPO = "twke/CAST"
 BUNDLED = "bundled"
 BUNDLED_BASELINE = "bundled_vit"  # the ViT trained beside the bundled CAST (same data and budget), for comparisons
 BUNDLED_CONCEPTS = "bundled_hirl"  # a self-supervised cast_tiny trained with HIRL (concept hierarchy, no classifier)
-# name -> (folder under assets/, environment variable overriding it)
-BUNDLED_MODELS: dict[str, tuple[str, str]] = {
-    BUNDLED: ("bundled", "CAST_BUNDLED_DIR"),
-    BUNDLED_BASELINE: ("bundled_vit", "CAST_BUNDLED_VIT_DIR"),
-    BUNDLED_CONCEPTS: ("bundled_hirl", "CAST_BUNDLED_HIRL_DIR"),
-}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout, when the package runs from one
+# name -> (folder, environment variable overriding it). The default model is package data (it ships
+# with `pip install`); the other two are the web app's and live in the checkout's assets/.
+BUNDLED_MODELS: dict[str, tuple[Path, str]] = {
+    BUNDLED: (PACKAGE_DIR / "assets" / "bundled", "CAST_BUNDLED_DIR"),
+    BUNDLED_BASELINE: (REPO_ROOT / "assets" / "bundled_vit", "CAST_BUNDLED_VIT_DIR"),
+    BUNDLED_CONCEPTS: (REPO_ROOT / "assets" / "bundled_hirl", "CAST_BUNDLED_HIRL_DIR"),
+}
 
 
 @dataclass
@@ -80,8 +82,14 @@ class PublishedWeights:
     hub_file: str  # path inside the Hub repo
     num_classes: int  # head outputs (0 = backbone only)
     dataset: str
-    result: str  # what the paper reports for it
+    result: str  # what the paper reports for it ("" where it gives no figure)
+    size_mb: int | None = None  # the file's size where known (training files with optimizer state)
     hub_repo: str = HUB_REPO
+
+    @property
+    def size_hint(self) -> str:
+        """How big the download is, for people choosing a model."""
+        return f"{self.size_mb / 1000:.2f} GB download" if self.size_mb else PUBLISHED_SIZE_RANGE
 
     @property
     def pos_embed(self) -> str:
@@ -103,6 +111,8 @@ class PublishedWeights:
 
 
 _MOCO = "snapshots/moco/{data}/{arch}/checkpoint_{epoch:04d}.pth.tar"
+PUBLISHED_SIZE_RANGE = "0.4-0.9 GB download"  # what the published training files weigh
+# Order matters: an architecture's first entry is timm's default tag (``cast_small`` = ``cast_small.deit_in1k``).
 PUBLISHED: dict[str, PublishedWeights] = {
     w.name: w
     for w in [
@@ -112,12 +122,18 @@ PUBLISHED: dict[str, PublishedWeights] = {
         PublishedWeights("cast_small.mocov3_in1k", "cast_small", "mocov3",
                          _MOCO.format(data="imagenet1k", arch="cast_small", epoch=99), 0,
                          "ImageNet-1k (self-supervised)", "68.1 % linear probe"),
+        PublishedWeights("cast_small_deep.deit_in1k", "cast_small_deep", "deit",
+                         "snapshots/deit/imagenet1k/cast_small_deep/best_checkpoint.pth", 1000,
+                         "ImageNet-1k (supervised)", "", size_mb=553),
         PublishedWeights("cast_small_deep.mocov3_in1k", "cast_small_deep", "mocov3",
                          _MOCO.format(data="imagenet1k", arch="cast_small_deep", epoch=99), 0,
                          "ImageNet-1k (self-supervised)", "69.1 % linear probe"),
         PublishedWeights("cast_base.mocov3_in1k", "cast_base", "mocov3",
                          _MOCO.format(data="imagenet1k", arch="cast_base", epoch=99), 0,
                          "ImageNet-1k (self-supervised)", "72.4 % linear probe"),
+        PublishedWeights("cast_base_deep.mocov3_in1k", "cast_base_deep", "mocov3",
+                         _MOCO.format(data="imagenet1k", arch="cast_base_deep", epoch=99), 0,
+                         "ImageNet-1k (self-supervised)", ""),
         # MoCo-v3 conv-stem ViT baselines of the paper (the file name inside the folder is assumed
         # to follow the CAST files' pattern)
         PublishedWeights("vit_conv_small.mocov3_in1k", "vit_conv_small", "mocov3",
@@ -142,19 +158,26 @@ BASELINE_FOR: dict[str, str] = {
     BUNDLED: BUNDLED_BASELINE,
     "cast_small.deit_in1k": "vit_conv_small.mocov3_in1k",
     "cast_small.mocov3_in1k": "vit_conv_small.mocov3_in1k",
+    "cast_small_deep.deit_in1k": "vit_conv_small.mocov3_in1k",
     "cast_small_deep.mocov3_in1k": "vit_conv_small.mocov3_in1k",
     "cast_base.mocov3_in1k": "vit_conv_base.mocov3_in1k",
+    "cast_base_deep.mocov3_in1k": "vit_conv_base.mocov3_in1k",
 }
 
 
 def bundled_dir(name: str = BUNDLED) -> Path:
-    """Folder of a bundled model (:data:`BUNDLED_MODELS`): ``assets/bundled`` (the default CAST),
-    ``assets/bundled_vit`` (its ViT baseline), ``assets/bundled_hirl`` (cast_tiny with concepts);
-    each overridable by its environment variable."""
+    """Folder of a bundled model (:data:`BUNDLED_MODELS`): ``cast/assets/bundled`` (the default CAST,
+    inside the package), and in a checkout ``assets/bundled_vit`` (its ViT baseline) and
+    ``assets/bundled_hirl`` (cast_tiny with concepts); each overridable by its environment variable."""
     if name not in BUNDLED_MODELS:
         raise ValueError(f"no bundled model called {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")
     folder, env = BUNDLED_MODELS[name]
-    return Path(os.environ.get(env, REPO_ROOT / "assets" / folder))
+    return Path(os.environ.get(env, folder))
+
+
+def bundled_env(name: str) -> str:
+    """The environment variable that points a bundled model elsewhere."""
+    return BUNDLED_MODELS[name][1]
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import shutil
 import struct
 import zlib
@@ -95,7 +96,10 @@ def populate_hub_cache(cache: Path, repo_id: str, files: dict[str, Path], commit
     for name, src in files.items():
         dst = root / "snapshots" / commit / name
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        try:
+            os.link(src, dst)  # no second copy of large files
+        except OSError:
+            shutil.copyfile(src, dst)
     return commit
 
 

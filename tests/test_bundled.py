@@ -1,4 +1,5 @@
-"""The bundled default model in assets/bundled: small, loadable offline, and it segments photos."""
+"""The bundled models: the default one (package data in cast/assets/bundled) and the app's two in assets/;
+small, loadable offline, and they segment photos."""
 
 import json
 from pathlib import Path
@@ -7,9 +8,9 @@ import numpy as np
 from PIL import Image
 
 import cast
-from cast.weights import REPO_ROOT
+from cast.weights import PACKAGE_DIR, REPO_ROOT
 
-BUNDLED = REPO_ROOT / "assets" / "bundled"
+BUNDLED = PACKAGE_DIR / "assets" / "bundled"
 
 
 def test_bundled_files_and_size():
@@ -61,6 +62,6 @@ def test_every_repository_file_fits_a_hub_space():
 
         pytest.skip("not a git checkout")
     sizes = {f.decode(): (REPO_ROOT / f.decode()).stat().st_size for f in listed if f and (REPO_ROOT / f.decode()).is_file()}
-    assert len(sizes) > 50 and "assets/bundled/model.safetensors.index.json" in sizes
+    assert len(sizes) > 50 and "cast/assets/bundled/model.safetensors.index.json" in sizes
     too_big = {f: s for f, s in sizes.items() if s > 10 * 2**20}
     assert not too_big, f"files over 10 MiB (the Hub's limit outside Git LFS): {too_big}"

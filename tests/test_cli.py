@@ -63,8 +63,14 @@ def test_unloadable_model_is_exit_2_without_traceback(tmp_path, photo):
 
 
 def test_models_listing():
+    from cast.weights import PUBLISHED
+
     r = run_cli("models")
-    assert r.returncode == 0 and "cast_small.deit_in1k" in r.stdout and "bundled" in r.stdout
+    assert r.returncode == 0 and "bundled" in r.stdout
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[1:]}
+    assert set(PUBLISHED) <= set(rows) and len(PUBLISHED) == 10  # every file of the Hub repo
+    assert "0.55 GB download" in rows["cast_small_deep.deit_in1k"] and "80.4 % top-1" in rows["cast_small.deit_in1k"]
+    assert all("GB download" in rows[name] for name in PUBLISHED)
 
 
 def _dataset(folder, photo, n=10, broken=True):

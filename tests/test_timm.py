@@ -1,10 +1,7 @@
-"""timm's generic model checks (its own tests/test_models.py), adapted only for CAST's two inputs
-(images and superpixels) and its fixed input size, for every registered ``cast_*`` model; the
-published weights as pretrained tags; timm's data config; torch.compile."""
+"""CAST through timm beyond the generic contract (``test_timm_contract.py``): what the stage maps
+hold, the published weights as pretrained tags, timm's data config, torch.compile."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -32,93 +29,21 @@ def create(name: str, **kwargs) -> torch.nn.Module:
     return timm.create_model(name, img_size=SIZE, **kwargs)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_forward_and_grad_checkpointing(name):
-    model = create(name).eval()
+def test_stage_maps_hold_the_token_of_each_cells_segment(tiny_model):
+    """``forward_intermediates``: an ``NCHW`` map cell holds the ``NLC`` token of the segment its
+    superpixel belongs to at that stage (``return_assignments``)."""
     x, sp = inputs(1)
-    out = model(x, sp)
-    assert out.shape[0] == 1 and not torch.isnan(out).any()
-    model.set_grad_checkpointing()
-    assert torch.allclose(model(x, sp), out, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_backward_every_parameter_gets_a_gradient(name):
-    model = create(name, num_classes=42, drop_path_rate=0.1).train()
-    x, sp = inputs(2)
-    out = model(x, sp)
-    out.mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, f"no gradient for {missing[:5]}"
-    assert sum(p.numel() for p in model.parameters()) == sum(p.grad.numel() for p in model.parameters())
-    assert out.shape[-1] == 42 and not torch.isnan(out).any()
-    # what cannot learn is a buffer, still saved under the published names
-    buffers = dict(model.named_buffers())
-    assert "pool4.pool_block.fc1.1.weight" in buffers and "pool4.pool_block.fc1.1.weight" in model.state_dict()
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_default_cfgs_non_std(name):
-    model = create(name).eval()
-    assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0 and model.in_chans == 3
-    state_dict, cfg = model.state_dict(), model.default_cfg
-    x, sp = inputs(1)
-    outputs = model.forward_features(x, sp)
-    pre = model.forward_head(outputs, pre_logits=True)
-    assert outputs.shape[-1] == model.num_features and pre.shape[1] == model.head_hidden_size
-    assert model.get_classifier() is model.head
-    model.reset_classifier(0)
-    assert model.num_classes == 0
-    out = model(x, sp)
-    assert out.shape == pre.shape and out.shape[1] == model.head_hidden_size
-    model.reset_classifier(7, "avg")
-    assert model(x, sp).shape == (1, 7)
-    assert create(name, num_classes=0).eval()(x, sp).shape[-1] == model.num_features
-    if cfg.get("num_classes"):
-        assert cfg["classifier"] + ".weight" in state_dict
-    assert cfg["first_conv"] + ".weight" in state_dict
-    assert cfg["crop_pct"] == 1.0 and cfg["fixed_input_size"] and cfg["input_size"] == (3, SIZE, SIZE)
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_features_only(name):
-    model = create(name, features_only=True).eval()
-    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
-    assert len(channels) == 4
-    x, sp = inputs(1)
-    outputs = model(x, sp)
-    assert len(outputs) == len(channels)
-    for c, r, o in zip(channels, reductions, outputs):
-        assert o.shape[1] == c and o.shape[0] == 1 and not torch.isnan(o).any()
-        assert o.shape[2] <= math.ceil(SIZE / r) + 1 and o.shape[3] <= math.ceil(SIZE / r) + 1
-    picked = create(name, features_only=True, out_indices=(1, 3))
-    assert picked.feature_info.channels() == [channels[1], channels[3]] and len(picked(x, sp)) == 2
-
-
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_forward_intermediates_and_prune_contract(name):
-    model = create(name).eval()
-    x, sp = inputs(1)
-    final, inter = model.forward_intermediates(x, sp)
-    assert len(inter) == 4 and all(t.shape == (1, model.num_features, SIZE // 8, SIZE // 8) for t in inter)
-    assert torch.allclose(final, model.forward_features(x, sp))
-    tokens, assigns = model.forward_intermediates(x, sp, output_fmt="NLC", intermediates_only=True,
-                                                  return_assignments=True)
-    assert [t.shape[1] for t in tokens] == [64, *model.num_clusters[:3]]
-    # each grid cell of a map holds the token of its superpixel's segment at that stage
-    for grid, tok, a in zip(inter, tokens, assigns):
+    maps = tiny_model.forward_intermediates(x, sp, intermediates_only=True)
+    tokens, assigns = tiny_model.forward_intermediates(x, sp, output_fmt="NLC", intermediates_only=True,
+                                                       return_assignments=True)
+    assert [t.shape[1] for t in tokens] == [64, *tiny_model.num_clusters[:3]]
+    for grid, tok, a in zip(maps, tokens, assigns):
         cells = a[0][sp[0, ::8, ::8].reshape(-1)]
         assert torch.allclose(grid[0].flatten(1).t(), tok[0][cells])
-    model.set_grad_checkpointing()
-    assert torch.allclose(model.forward_intermediates(x, sp)[0], final, rtol=1e-4, atol=1e-5)
-    model.set_grad_checkpointing(False)
-    kept_before = model.forward_intermediates(x, sp, indices=[0, 1], intermediates_only=True)
-    assert model.prune_intermediate_layers([0, 1]) == [0, 1]
-    kept_after = model.forward_intermediates(x, sp, indices=[0, 1], intermediates_only=True)
-    assert all(torch.equal(a, b) for a, b in zip(kept_before, kept_after))
-    assert model.pool2 is None and model.num_classes == 0 and len(model.blocks) == sum(model.depths[:2])
-    with pytest.raises(RuntimeError, match="pruned"):
-        model.forward_hierarchy(x, sp)
+    # the assignments are the tree's: level l's assignment is stage l+1's token index
+    out = tiny_model.forward_hierarchy(x, sp)
+    for stage in range(1, 4):
+        assert torch.equal(assigns[stage], out.token_labels[stage - 1])
 
 
 def test_published_tags_are_registered_with_their_metadata():
@@ -156,7 +81,7 @@ def _state(name: str) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in timm.create_model(name).state_dict().items()}
 
 
-@pytest.mark.slow  # writes and reads full-size published-layout files (up to cast_base)
+@pytest.mark.slow  # writes and reads full-size published-layout files (up to cast_base_deep)
 def test_pretrained_true_for_every_published_tag_through_an_offline_hub_cache(hub_cache, tmp_path):
     files, states = {}, {}
     for name, w in PUBLISHED.items():
@@ -165,16 +90,24 @@ def test_pretrained_true_for_every_published_tag_through_an_offline_hub_cache(hu
         files[w.hub_file] = write_deit_file(path, sd) if w.family == "deit" else write_moco_file(path, sd, momentum=False)
     populate_hub_cache(hub_cache, "twke/CAST", files, commit="b" * 40)
     for name in PUBLISHED:
-        model = timm.create_model(name, pretrained=True)
-        got = model.state_dict()
-        assert set(got) == set(states[name]) and all(torch.equal(got[k], v) for k, v in states[name].items()), name
-        assert model.info.weights == name
+        for model in (timm.create_model(name, pretrained=True), cast.load_model(name)):
+            got = model.state_dict()
+            assert set(got) == set(states[name]) and all(torch.equal(got[k], v) for k, v in states[name].items()), name
+            assert model.info.weights == name
     # another head: timm drops the published one and gives a fresh head of the asked size
     tuned = timm.create_model("cast_small.deit_in1k", pretrained=True, num_classes=5)
     assert tuned.head.out_features == 5
     assert torch.equal(tuned.state_dict()["norm.weight"], states["cast_small.deit_in1k"]["norm.weight"])
-    feats = timm.create_model("cast_small.mocov3_in1k", pretrained=True, features_only=True)
-    assert feats.feature_info.channels() == [384] * 4
+    # what timm's own pretrained checks ask: one input channel (the first convolution summed), features
+    for name in ("cast_small_deep.deit_in1k", "cast_base_deep.mocov3_in1k", "vit_conv_small.mocov3_in1k"):
+        gray = timm.create_model(name, pretrained=True, in_chans=1, num_classes=5)
+        first = states[name]["patch_embed.proj.0.weight"]
+        assert gray.patch_embed.proj[0].weight.shape[1] == 1 and gray.num_classes == 5
+        assert torch.allclose(gray.patch_embed.proj[0].weight, first.sum(1, keepdim=True))
+        assert gray.in_chans == 1
+        feats = timm.create_model(name, pretrained=True, features_only=True)
+        assert torch.equal(feats.model.blocks[0].attn.qkv.weight, states[name]["blocks.0.attn.qkv.weight"])
+    assert timm.create_model("cast_small.mocov3_in1k", pretrained=True, features_only=True).feature_info.channels() == [384] * 4
 
 
 @pytest.mark.slow  # compiles (tens of seconds on 2 cores)

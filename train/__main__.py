@@ -58,10 +58,10 @@ def cmd_concepts(args: argparse.Namespace) -> int:
 
     try:
         results = run(args.model, args.data, args.ref, args.out, image_size=args.image_size)
-        if args.readme:
+        if args.doc:
             from .concepts_eval import write_readme
 
-            write_readme(results, args.readme, args.eval_dir)
+            write_readme(results, args.doc, args.eval_dir)
     except (CastError, FileNotFoundError) as e:
         print(f"concepts failed: {e}", file=sys.stderr)
         return 1
@@ -95,7 +95,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
-    write_report(args.results, args.readme, args.figures, data=args.data, models=args.gallery_models)
+    write_report(args.results, args.doc, args.figures, data=args.data, models=args.gallery_models)
     return 0
 
 
@@ -147,13 +147,15 @@ def main(argv: list[str] | None = None) -> int:
     ce.add_argument("--ref", default="partshapes:train:1000", help="reference images (k-NN bank, probe training)")
     ce.add_argument("--image-size", type=int, default=160)
     ce.add_argument("--out", default=None, help="folder for one JSON file per model")
-    ce.add_argument("--readme", default=None, help="write the table into this README's hirl block")
+    ce.add_argument("--doc", "--readme", dest="doc", default=None,
+                    help="write the table into this page's hirl block (docs/concepts.md)")
     ce.add_argument("--eval-dir", default="benchmarks/results/eval", help="evaluate JSON files (mIoU) for the table")
     ce.set_defaults(func=cmd_concepts)
 
-    rp = sub.add_parser("report", help="results table and figures into README's Results section")
+    rp = sub.add_parser("report", help="results table and figures into docs/evaluation.md's Results section")
     rp.add_argument("--results", default="benchmarks/results/eval", help="folder of evaluate JSON files")
-    rp.add_argument("--readme", default="README.md")
+    rp.add_argument("--doc", "--readme", dest="doc", default="docs/evaluation.md",
+                    help="the page whose results block is rewritten")
     rp.add_argument("--figures", default="docs/figures")
     rp.add_argument("--data", default="partshapes:test")
     rp.add_argument("--gallery-models", nargs="*", default=None, help="model sources for the gallery figure")

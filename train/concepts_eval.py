@@ -133,7 +133,7 @@ def format_result(r: dict[str, Any]) -> str:
 
 
 def markdown(results: list[dict[str, Any]], eval_dir: str | None = None) -> str:
-    """The results table for README (between ``<!-- hirl:start -->`` and ``<!-- hirl:end -->``);
+    """The results table for docs/concepts.md (between ``<!-- hirl:start -->`` and ``<!-- hirl:end -->``);
     part/object mIoU (oracle labelling, per level) comes from ``python -m train evaluate`` files
     of the same names in ``eval_dir`` when they exist."""
     lines = ["| model | k-NN top-1 | linear top-1 | concept purity vs classes (L1 / L2 / L3) | vs coarse groups "

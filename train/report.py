@@ -1,5 +1,5 @@
 """``python -m train report``: the results table, a per-level mIoU figure and a gallery of
-hierarchies, written into README's "Results" section (between the results markers)."""
+hierarchies, written into the "Results" section of docs/evaluation.md (between the results markers)."""
 
 from __future__ import annotations
 

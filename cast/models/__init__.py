@@ -5,6 +5,8 @@
   ``cast_base_deep`` (with the published weights as pretrained tags, e.g. ``cast_small.deit_in1k``);
 - :mod:`.vit_conv`: MoCo-v3's conv-stem ViT baseline, ``vit_conv_small`` / ``vit_conv_base``;
 - :mod:`.convert`: what the families' ``checkpoint_filter_fn`` share;
+- :mod:`.builder`, :mod:`.features`: what the families' timm factories share (device and dtype,
+  input size, ``features_only`` wrappers that pass the superpixels on);
 - :mod:`.hub_mixin`: ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` in our own format.
 
 Importing this package registers every model with timm.

@@ -12,8 +12,6 @@ after :func:`checkpoint_filter_fn`. The architecture facts the code relies on ar
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,18 +22,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Attention, trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg
-from timm.models._features import FeatureInfo, feature_take_indices
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
 
 from ..ops import farthest_point_sample, segment_mean
 from ..superpixels import SEEDS_DEIT, SEEDS_MOCO
 from ..weights import IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, ModelInfo, PublishedWeights, default_class_names
+from .builder import build
 from .convert import adapt_for_timm, check_fits, unwrap_training_file
 from .hub_mixin import OwnFormatMixin
-from .layers import ConvStem, layer_norm, match_input_size, sincos_pos_embed_2d
+from .layers import ConvStem, layer_norm, sincos_pos_embed_2d
 
-__all__ = ["CAST", "CastOutput", "CastFeatures", "GraphPooling", "checkpoint_filter_fn", "infer_model_args", "variant_of", "VARIANTS"]
+__all__ = ["CAST", "CastOutput", "GraphPooling", "checkpoint_filter_fn", "infer_model_args", "variant_of", "VARIANTS"]
 
 POOL_HEADS = 12  # the published graph pooling attention always has 12 heads
 ASSIGN_SCALE = 5.0  # cosine similarity -> assignment logits
@@ -213,6 +212,7 @@ class CAST(
         self.pos_embed_type, self.global_pool = pos_embed, global_pool
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.grad_checkpointing = False
+        self.num_stages = 4  # fewer after prune_intermediate_layers
         num_cells = self.grid_size[0] * self.grid_size[1]
 
         self.patch_embed = ConvStem(in_chans, embed_dim)
@@ -263,12 +263,29 @@ class CAST(
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "pe_token"}
+        """Parameters trained without weight decay (the sin-cos positions are buffers, never trained)."""
+        return {"cls_token", "pos_embed"} if self.pos_embed_type == "learned" else {"cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise learning-rate decay (timm's ``param_groups_layer_decay``):
+        the embedding, then one group per block in order, each graph pooling joining the last block
+        of its stage (``coarse``: one group per stage), then the final norm."""
+        ends = list(itertools.accumulate(self.depths))
+        if coarse:
+            blocks = [(rf"^blocks\.({'|'.join(str(i) for i in range(e - d, e))})\.", (stage,))
+                      for stage, (d, e) in enumerate(zip(self.depths, ends))]
+            pools = [(rf"^pool{stage + 1}\.", (stage,)) for stage in range(4)]
+        else:
+            blocks = [(r"^blocks\.(\d+)", None)]
+            pools = [(rf"^pool{stage + 1}\.", (e - 1, 99999)) for stage, e in enumerate(ends)]  # 99999: previous group
+        return dict(stem=r"^cls_token|^pos_embed|^pe_token|^patch_embed", blocks=[*pools, *blocks, (r"^norm", (99999,))])
 
     @property
     def stages(self) -> list[tuple[nn.Sequential, Pooling | None]]:
-        """The (blocks, pooling) of each stage; a pruned stage's pooling is None."""
-        return [(self.blocks1, self.pool1), (self.blocks2, self.pool2), (self.blocks3, self.pool3), (self.blocks4, self.pool4)]
+        """The (blocks, pooling) of each stage kept by pruning; a pruned pooling is None."""
+        every = [(self.blocks1, self.pool1), (self.blocks2, self.pool2), (self.blocks3, self.pool3), (self.blocks4, self.pool4)]
+        return every[: self.num_stages]
 
     # -- timm model API --------------------------------------------------------------------
     @torch.jit.ignore
@@ -288,19 +305,23 @@ class CAST(
                 raise ValueError(f"global_pool must be 'token' or 'avg' for CAST, got {global_pool!r}")
             self.global_pool = self.model_args["global_pool"] = global_pool
         self.num_classes = self.model_args["num_classes"] = num_classes
-        device = self.cls_token.device
-        self.head = nn.Linear(self.embed_dim, num_classes, device=device) if num_classes > 0 else nn.Identity()
+        like = self.cls_token  # the new head lives where the model does, in its dtype and mode
+        self.head = nn.Linear(self.embed_dim, num_classes, device=like.device, dtype=like.dtype) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
     def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
-        """Drop the stages (and optionally ``norm`` / the head) that the stage outputs ``indices``
-        do not need; returns the kept indices (timm's contract)."""
-        take, max_index = feature_take_indices(4, indices)
+        """Keep only what the stage outputs ``indices`` need (timm's contract): the stages up to the
+        last one asked for (the pooling after it goes too), optionally ``norm`` and the head. Returns
+        the kept indices. Afterwards :meth:`forward_features` ends at that stage's output (normed
+        unless ``prune_norm``) and :meth:`forward_hierarchy`, which needs every pooling, refuses."""
+        take, max_index = feature_take_indices(self.num_stages, indices)
         for stage in range(max_index + 1, 4):
             setattr(self, f"blocks{stage + 1}", nn.Sequential())
         for stage in range(max_index, 4):
             setattr(self, f"pool{stage + 1}", None)
         self.blocks = self.blocks[: sum(self.depths[: max_index + 1])]
+        self.num_stages = max_index + 1
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
@@ -320,7 +341,12 @@ class CAST(
         if superpixels.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"superpixels {tuple(superpixels.shape)} must match the image size {tuple(images.shape[-2:])}")
         grid_labels = F.interpolate(superpixels[:, None].float(), size=(h, w), mode="nearest")[:, 0].long()
-        num_segments = int(superpixels.max()) + 1 if num_superpixels is None else int(num_superpixels)
+        if num_superpixels is not None:
+            num_segments = int(num_superpixels)
+        elif superpixels.is_meta:  # no values to read: as many tokens as grid cells (the most that can own one)
+            num_segments = h * w
+        else:
+            num_segments = int(superpixels.max()) + 1
         tokens = segment_mean(x, grid_labels, num_segments)
         counts = x.new_zeros(B, num_segments).scatter_add_(1, grid_labels.reshape(B, -1), x.new_ones(B, h * w))
         padding = counts <= 0.5
@@ -340,11 +366,12 @@ class CAST(
             return checkpoint_seq(blocks, x)
         return blocks(x)
 
-    def _run_stages(self, x: torch.Tensor, cls: torch.Tensor, padding: torch.Tensor | None, last: int = 3,
+    def _run_stages(self, x: torch.Tensor, cls: torch.Tensor, padding: torch.Tensor | None, last: int | None = None,
                     pool_last: bool = False) -> Iterator[tuple[torch.Tensor, PoolResult | None]]:
-        """The one stage loop, from :meth:`embed_segments`'s tokens: yields, for stages 0..``last``,
-        the ``[B, 1 + N, C]`` output of the stage's blocks ([CLS] first) and its pooling result
-        (None for ``last`` unless ``pool_last``)."""
+        """The one stage loop, from :meth:`embed_segments`'s tokens: yields, for stages 0..``last``
+        (default: the last kept one), the ``[B, 1 + N, C]`` output of the stage's blocks ([CLS] first)
+        and its pooling result (None for ``last`` unless ``pool_last``)."""
+        last = self.num_stages - 1 if last is None else last
         for i, (blocks, pool) in enumerate(self.stages[: last + 1]):
             y = self._blocks(blocks, torch.cat([cls, x], dim=1))
             if i == last and not pool_last:
@@ -359,7 +386,8 @@ class CAST(
     def forward_features(self, images: torch.Tensor, superpixels: torch.Tensor,
                          num_superpixels: int | None = None) -> torch.Tensor:
         """Run all stages; returns ``[B, 1 + K_3, C]``: [CLS] and the level-3 segment tokens after
-        the last stage's blocks and ``norm`` (the published model's final token sequence)."""
+        the last stage's blocks and ``norm`` (the published model's final token sequence). After
+        :meth:`prune_intermediate_layers`, the output of the last stage kept (and ``norm``, unless pruned)."""
         x, cls, padding, _ = self.embed_segments(images, superpixels, num_superpixels)
         *_, (last, _) = self._run_stages(x, cls, padding)
         return self.norm(last)
@@ -398,8 +426,8 @@ class CAST(
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take, max_index = feature_take_indices(4, indices)
-        last = max_index if stop_early or intermediates_only else 3
+        take, max_index = feature_take_indices(self.num_stages, indices)
+        last = max_index if stop_early or intermediates_only else self.num_stages - 1
         x, cls, padding, grid = self.embed_segments(images, superpixels, num_superpixels)
         feats, assigns, final = [], [], None
         labels = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)  # [B, S] token of each superpixel
@@ -420,6 +448,9 @@ class CAST(
                           num_superpixels: int | None = None) -> CastOutput:
         """One pass that also returns the segmentation tree and per-level and per-segment predictions
         (see :class:`CastOutput` for shapes)."""
+        if self.num_stages < 4 or self.pool4 is None:
+            raise RuntimeError("the hierarchy needs every stage and pooling, and this model was pruned "
+                               "(prune_intermediate_layers); use forward_intermediates")
         x, cls, input_padding, _ = self.embed_segments(images, superpixels, num_superpixels)
         level_cls: list[torch.Tensor] = []
         stage_tokens: list[torch.Tensor] = []
@@ -512,26 +543,6 @@ def compose_assignments(assign_logits: list[torch.Tensor]) -> list[torch.Tensor]
     return out
 
 
-class CastFeatures(nn.Module):
-    """``features_only=True``: the stage outputs of a CAST as ``[B, C, h, w]`` maps on the stride-8
-    grid (each cell holds the token of its segment at that stage). Takes the same inputs as
-    :class:`CAST` (images and superpixels); ``feature_info`` follows timm's ``FeatureInfo``."""
-
-    output_fmt = "NCHW"
-
-    def __init__(self, model: CAST, out_indices: Sequence[int] = (0, 1, 2, 3), norm: bool = False) -> None:
-        super().__init__()
-        self.out_indices = model.prune_intermediate_layers(list(out_indices), prune_head=True)
-        self.model, self.norm = model, norm
-        self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
-        self.pretrained_cfg = self.default_cfg = getattr(model, "pretrained_cfg", {})
-
-    def forward(self, images: torch.Tensor, superpixels: torch.Tensor, num_superpixels: int | None = None
-                ) -> list[torch.Tensor]:
-        return self.model.forward_intermediates(images, superpixels, self.out_indices, norm=self.norm,
-                                                intermediates_only=True, num_superpixels=num_superpixels)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoint conversion
 # ---------------------------------------------------------------------------------------------
@@ -585,7 +596,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-
 def variant_of(model_args: Mapping[str, Any]) -> str | None:
     """The registered variant with this width and these depths (None when none matches)."""
     for name, v in VARIANTS.items():
@@ -611,33 +621,23 @@ def _cfg(weights: PublishedWeights | None = None, **kwargs: Any) -> dict[str, An
 default_cfgs = generate_default_cfgs({
     "cast_tiny": _cfg(),  # ours: no published weights (the bundled model is loaded by cast.load_model("bundled"))
     **{w.name: _cfg(w) for w in PUBLISHED.values() if w.arch in VARIANTS},
-    "cast_base_deep": _cfg(),
 })
 
 
-def _create_cast(variant: str, pretrained: bool = False, **kwargs: Any) -> CAST | CastFeatures:
-    """Build a variant through timm (``build_model_with_cfg``); the pretrained tag picks the head and
-    the position-embedding kind its weights need (the caller's kwargs win). ``features_only=True``
-    (with ``out_indices``, ``feature_norm``) wraps the model in :class:`CastFeatures`."""
-    features_only = kwargs.pop("features_only", False)
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
-    feature_norm = kwargs.pop("feature_norm", False)
+def _create_cast(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a variant through timm (:func:`.builder.build`); the pretrained tag picks the head and the
+    position-embedding kind its weights need (the caller's kwargs win). ``features_only=True`` returns
+    the stage outputs (:mod:`.features`; by default all four stages as ``[B, C, h, w]`` maps)."""
     tag = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg")).tag
     weights = PUBLISHED.get(f"{variant}.{tag}") if tag else None
     kwargs = {**VARIANTS[variant], **(weights.model_kwargs() if weights else {}), **kwargs}
-    if kwargs.pop("global_pool", None) == "":  # timm's "no pooling": CAST always pools one token
+    if kwargs.get("global_pool") == "":  # timm's "no pooling": CAST always pools one token
         raise ValueError("CAST has no unpooled classifier input; use global_pool 'token' or 'avg', or forward_features")
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    # The published DeiT files carry their training arguments as an argparse.Namespace; allow that
-    # one plain-data class in timm's weights_only unpickling, nothing else.
-    with torch.serialization.safe_globals([argparse.Namespace]), (torch.device(device) if device is not None else contextlib.nullcontext()):
-        model = build_model_with_cfg(CAST, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
-    if dtype is not None:
-        model.to(dtype)
-    match_input_size(model)
+    model = build(CAST, variant, pretrained, filter_fn=checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3), traceable=False,
+                  **kwargs)
     if pretrained and weights is not None:
         model.info = weights.info()
-    return CastFeatures(model, out_indices, feature_norm) if features_only else model
+    return model
 
 
 @register_model

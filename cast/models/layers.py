@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-__all__ = ["ConvStem", "layer_norm", "sincos_pos_embed_2d", "match_input_size"]
+__all__ = ["ConvStem", "layer_norm", "sincos_pos_embed_2d"]
 
 
 def layer_norm(dim: int, **kwargs: Any) -> nn.LayerNorm:
@@ -61,11 +61,3 @@ def sincos_pos_embed_2d(grid: tuple[int, int], dim: int, temperature: float = 10
     out_h = gh.flatten()[:, None] * omega[None]
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
 
-
-def match_input_size(model: nn.Module) -> None:
-    """Make ``model.pretrained_cfg`` state the input size the model was built for (timm's data
-    config then resizes to it), when it differs from the pretrained default."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    size = getattr(model, "img_size", None)
-    if cfg and size and tuple(cfg.get("input_size", ()))[-2:] != (size, size):
-        model.pretrained_cfg = model.default_cfg = {**cfg, "input_size": (model.in_chans, size, size)}

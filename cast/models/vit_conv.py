@@ -9,21 +9,21 @@ of its patch tokens (:class:`cast.baselines.ViTKMeansSegmenter`).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models import checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
 from ..superpixels import SEEDS_MOCO
 from ..weights import IMAGENET_MEAN, IMAGENET_STD, PUBLISHED, ModelInfo, PublishedWeights, default_class_names
+from .builder import build
 from .convert import adapt_for_timm, check_fits, unwrap_training_file
 from .hub_mixin import OwnFormatMixin
-from .layers import ConvStem, layer_norm, match_input_size, sincos_pos_embed_2d
+from .layers import ConvStem, layer_norm, sincos_pos_embed_2d
 
 __all__ = ["ConvStemViT", "VIT_VARIANTS", "checkpoint_filter_fn"]
 
@@ -32,8 +32,10 @@ class ConvStemViT(nn.Module, OwnFormatMixin, library_name="cast-explorer", tags=
     """ViT with a stride-16 convolutional stem; input ``[B, 3, H, W]`` normalised with ImageNet mean/std."""
 
     def __init__(self, img_size: int | tuple[int, int] = 224, embed_dim: int = 384, depth: int = 11, num_heads: int = 12,
-                 num_classes: int = 0, mlp_ratio: float = 4.0, in_chans: int = 3) -> None:
+                 num_classes: int = 0, mlp_ratio: float = 4.0, in_chans: int = 3, global_pool: str = "token") -> None:
         super().__init__()
+        if global_pool != "token":
+            raise ValueError(f"this ViT pools its [CLS] token only (forward_features gives every token), got {global_pool!r}")
         if isinstance(img_size, (tuple, list)):
             img_size = int(img_size[0])
         self.model_args = dict(img_size=img_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
@@ -54,17 +56,32 @@ class ConvStemViT(nn.Module, OwnFormatMixin, library_name="cast-explorer", tags=
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [dict(num_chs=embed_dim, reduction=16, module=f"blocks.{i}") for i in range(depth)]
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters trained without weight decay (the sin-cos positions are a buffer)."""
+        return {"cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise learning-rate decay: the stem, one group per block, the norm."""
+        return dict(stem=r"^cls_token|^pos_embed|^patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new head for ``num_classes`` (0: none), where the model lives, in its dtype and mode."""
         if global_pool not in (None, "token"):
             raise ValueError(f"this ViT pools its [CLS] token only, got global_pool={global_pool!r}")
         self.num_classes = self.model_args["num_classes"] = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes, device=self.cls_token.device) if num_classes > 0 else nn.Identity()
+        like = self.cls_token
+        self.head = nn.Linear(self.embed_dim, num_classes, device=like.device, dtype=like.dtype) if num_classes > 0 else nn.Identity()
+        self.head.train(self.training)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(1, 2)
@@ -122,7 +139,8 @@ def checkpoint_filter_fn(obj: Any, model: ConvStemViT | None = None) -> dict[str
     sd = unwrap_training_file(obj)
     if model is not None:
         sd = adapt_for_timm(sd, model)
-        check_fits(sd, model, ("head.weight", "head.bias"))
+        lenient = ("head.weight", "head.bias") + (("patch_embed.proj.0.weight",) if model.in_chans != 3 else ())
+        check_fits(sd, model, lenient)
     return sd
 
 
@@ -144,15 +162,12 @@ def _cfg(weights: PublishedWeights) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({w.name: _cfg(w) for w in PUBLISHED.values() if w.arch in VIT_VARIANTS})
 
 
-def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> ConvStemViT:
-    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
-    with (torch.device(device) if device is not None else contextlib.nullcontext()):
-        model = build_model_with_cfg(ConvStemViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-                                     feature_cfg=dict(feature_cls="getter"), **{**VIT_VARIANTS[variant], **kwargs})
-    if dtype is not None:
-        model.to(dtype)
-    match_input_size(model)
-    if pretrained and not kwargs.get("features_only"):
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a variant through timm (:func:`.builder.build`); ``features_only=True`` gives the last
+    three blocks' outputs by default, as timm's ViTs do."""
+    model = build(ConvStemViT, variant, pretrained, filter_fn=checkpoint_filter_fn, default_out_indices=3, traceable=True,
+                  **{**VIT_VARIANTS[variant], **kwargs})
+    if pretrained:
         model.info = next(w for w in PUBLISHED.values() if w.arch == variant).info()
     return model
 

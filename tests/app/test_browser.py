@@ -82,7 +82,7 @@ def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
             model_input = page.locator("#model input")
             before = model_input.input_value()
             model_input.click()
-            page.get_by_role("option", name=re.compile("^cast_small_deep")).click()
+            page.get_by_role("option", name=re.compile(r"^cast_small_deep\.mocov3_in1k")).click()
             toasts = page.locator("[data-testid='toast-text']", has_text="could not be loaded")
             expect(toasts.first).to_be_visible(timeout=30_000)
             expect(model_input).to_have_value(before, timeout=30_000)

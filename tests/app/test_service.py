@@ -17,6 +17,8 @@ def test_selector_lists_published_bundled_and_own_folders(explorer, models_dir):
     choices = {c.name: c for c in explorer.models.choices()}
     assert choices["bundled"].kind == "bundled"
     assert {n for n, w in PUBLISHED.items() if w.arch.startswith("cast")} <= set(choices)
+    assert {"cast_small_deep.deit_in1k", "cast_base_deep.mocov3_in1k"} <= set(choices)
+    assert all("GB download" in choices[n].label for n, w in PUBLISHED.items() if w.arch.startswith("cast"))
     assert not any(n.startswith("vit_") for n in choices)  # ViT baselines are not CAST models
     folders = [c for c in choices.values() if c.kind == "folder"]
     assert [c.name for c in folders] == [str((models_dir / "my_cast").resolve())]  # the ViT folder is not listed
