@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Set up everything CAST Explorer needs: the Python packages, and Debian's Chromium for the
-# browser test (tests/app/test_browser.py drives /usr/bin/chromium; `playwright install` is never used).
+# Set up everything CAST Explorer needs: the Python packages, Label Studio in its own virtualenv (for
+# the integration tests), and Debian's Chromium for the browser test (tests/app/test_browser.py
+# drives /usr/bin/chromium; `playwright install` is never used).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 python -m pip install -r requirements.txt
+
+# Label Studio, for the checks against a live server (tests/labelstudio/): in its own virtualenv,
+# because label-studio pins its own opencv and numpy (never in the project's Python).
+LS_VERSION="1.23.2"
+LS_VENV=".venv-labelstudio"
+if ! "$LS_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('label-studio') != '$LS_VERSION')" 2>/dev/null; then
+  echo "== installing Label Studio $LS_VERSION into $LS_VENV (for the integration tests)"
+  python -m venv "$LS_VENV"
+  "$LS_VENV/bin/python" -m pip install -q --upgrade pip
+  "$LS_VENV/bin/python" -m pip install -q "label-studio==$LS_VERSION"
+fi
 
 if [ ! -x /usr/bin/chromium ]; then
   if command -v apt-get >/dev/null 2>&1; then

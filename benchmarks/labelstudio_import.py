@@ -37,15 +37,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +52,12 @@ import numpy as np  # noqa: E402
 
 from benchmarks.app_latency import free_port  # noqa: E402
 from cast.exports import labelstudio_config, labelstudio_record, ls_rle_decode  # noqa: E402
+from tests.labelstudio_server import HOST, Api, start_server, stop_server, wait_ready  # noqa: E402
 
 EXAMPLES = ROOT / "assets" / "examples"
 CLI_IMAGES = ("chelsea.jpg", "partshapes_car_0001.png")  # raw tree segments, as the CLI writes them
 ANNOTATED_IMAGE = "rocket.jpg"  # annotated regions, made with the library
 IMAGE_ROOT = "/data/local-files/?d=examples"  # a URL Label Studio accepts (the image need not load)
-HOST = "127.0.0.1"  # the only address this script talks to
-USERNAME, PASSWORD = "cast-check@example.com", "cast-check-password"
 DEFAULT_LS_PYTHON = "/work/ls-venv/bin/python"
 OUT = ROOT / "benchmarks" / "results" / "labelstudio_import.json"
 
@@ -126,75 +121,6 @@ def export_annotated() -> tuple[dict[str, Any], str, dict[str, np.ndarray]]:
 # ---------------------------------------------------------------------------------------------
 # The server
 # ---------------------------------------------------------------------------------------------
-
-
-def start_server(ls_python: Path, data_dir: Path, port: int, token: str, log: Path) -> subprocess.Popen:
-    """``label-studio start`` bound to 127.0.0.1, with a user and a legacy API token (``Token``
-    auth; 1.23 has it off unless the organization is made with ``--enable-legacy-api-token``)."""
-    env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "COLLECT_ANALYTICS": "false",
-           "LATEST_VERSION_CHECK": "false", "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
-           "FEATURE_FLAGS_OFFLINE": "true", "DJANGO_DB": "sqlite", "HOME": str(data_dir)}
-    cmd = [str(ls_python.parent / "label-studio"), "start", "--no-browser", "--internal-host", HOST, "--port", str(port),
-           "--data-dir", str(data_dir), "--username", USERNAME, "--password", PASSWORD, "--user-token", token,
-           "--enable-legacy-api-token", "--log-level", "WARNING"]
-    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> float:
-    """Seconds until ``/health`` answers; raises when the server exits or the time is up."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Label Studio exited with status {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=5) as r:
-                if r.status == 200:
-                    return time.perf_counter() - t0
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"Label Studio not ready after {timeout:.0f} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """SIGTERM to the server's process group, SIGKILL if it is still there after 30 s."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-
-class Api:
-    """Label Studio's REST API on 127.0.0.1 with token auth."""
-
-    def __init__(self, base: str, token: str) -> None:
-        assert base.startswith(f"http://{HOST}:"), base
-        self.base, self.token = base, token
-
-    def call(self, method: str, path: str, body: Any = None, timeout: float = 300) -> tuple[int, Any]:
-        """``(status, decoded JSON or text)``; HTTP errors are returned, not raised."""
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Authorization": f"Token {self.token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                status, raw = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            status, raw = e.code, e.read()
-        try:
-            return status, json.loads(raw) if raw else None
-        except json.JSONDecodeError:
-            return status, raw.decode(errors="replace")[:2000]
-
-    def ok(self, method: str, path: str, body: Any = None) -> Any:
-        status, out = self.call(method, path, body)
-        if status >= 300:
-            raise RuntimeError(f"{method} {path}: HTTP {status}: {str(out)[:2000]}")
-        return out
 
 
 def import_project(api: Api, title: str, config: str, tasks: list[dict[str, Any]]) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:

@@ -123,6 +123,65 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        levels = ()
+    if not levels or any(lv not in (1, 2, 3, 4) for lv in levels):
+        raise argparse.ArgumentTypeError(f"levels are a comma list of 1 (finest) to 4 (coarsest), got {text!r}")
+    return levels
+
+
+def cmd_serve_labelstudio(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from . import CastError
+    from .labelstudio import create_server, fetch_settings_from_env
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    auth = args.basic_auth or (f"{os.environ['BASIC_AUTH_USER']}:{os.environ.get('BASIC_AUTH_PASS', '')}"
+                               if os.environ.get("BASIC_AUTH_USER") else None)
+    if auth is not None and ":" not in auth:
+        print("error: --basic-auth takes USER:PASSWORD", file=sys.stderr)
+        return 2
+    fetch = fetch_settings_from_env(label_studio_url=args.label_studio_url, api_key=args.api_key,
+                                    allowed_hosts=tuple(h.strip() for h in args.allow_hosts.split(",") if h.strip()) or None,
+                                    local_root=args.local_files, max_bytes=int(args.max_image_mb * 2**20),
+                                    timeout=args.fetch_timeout)
+    try:
+        server = create_server(args.model, args.host, args.port, args.levels,
+                               tuple(auth.split(":", 1)) if auth else None,  # type: ignore[arg-type]
+                               fetch, args.cache, args.device, not args.no_refine)
+    except CastError as e:
+        print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(f"CAST backend for Label Studio at {server.url} (model {server.backend.model_version}, levels "
+          f"{','.join(map(str, args.levels))}{', basic auth' if auth else ''}); in Label Studio: Settings -> Model -> "
+          f"Connect model -> {server.url}", file=sys.stderr)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
+
+
+def cmd_labelstudio_config(args: argparse.Namespace) -> int:
+    from .labelstudio.config import labeling_config
+
+    labels = [v.strip() for v in args.labels.split(",") if v.strip()]
+    sys.stdout.write(labeling_config(args.levels, labels))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # the same parser behind `cast` (the installed console script) and `python -m cast`
     prog = "cast" if Path(sys.argv[0]).name == "cast" else "python -m cast"
@@ -155,6 +214,29 @@ def main(argv: list[str] | None = None) -> int:
     mg.set_defaults(func=cmd_merge)
     models = sub.add_parser("models", help="list the published and bundled models")
     models.set_defaults(func=cmd_models)
+    ls = sub.add_parser("serve-labelstudio", help="serve a model to Label Studio (its ML backend protocol)")
+    ls.add_argument("--model", default="bundled", help="published name, 'bundled', a file, a folder or a Hub repo id")
+    ls.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ls.add_argument("--port", type=int, default=9090)
+    ls.add_argument("--levels", type=_levels, default=(1, 2, 3, 4), help="tree levels pre-annotated, e.g. 3,4")
+    ls.add_argument("--label-studio-url", default=None, help="where task images are fetched from (default $LABEL_STUDIO_URL)")
+    ls.add_argument("--api-key", default=None, help="Label Studio legacy or personal access token (default $LABEL_STUDIO_API_KEY)")
+    ls.add_argument("--allow-hosts", default="", help="comma list of other hosts images may be fetched from "
+                    "(default $CAST_LS_ALLOWED_HOSTS)")
+    ls.add_argument("--local-files", default=None, metavar="DIR", help="allow task images given as local paths inside DIR")
+    ls.add_argument("--max-image-mb", type=float, default=50.0, help="largest image file fetched")
+    ls.add_argument("--fetch-timeout", type=float, default=30.0, help="seconds to fetch one image")
+    ls.add_argument("--basic-auth", default=None, metavar="USER:PASSWORD",
+                    help="require HTTP basic auth (default $BASIC_AUTH_USER / $BASIC_AUTH_PASS when set)")
+    ls.add_argument("--cache", type=int, default=32, help="trees kept for smart-tool prompts")
+    ls.add_argument("--no-refine", action="store_true", help="masks carried from the model's size by nearest lookup")
+    ls.add_argument("--device", default=None, help="torch device (default cpu)")
+    ls.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ls.set_defaults(func=cmd_serve_labelstudio)
+    lc = sub.add_parser("labelstudio-config", help="print a Label Studio labeling config for the backend")
+    lc.add_argument("--levels", type=_levels, default=(1, 2, 3, 4), help="tree levels (granularities) offered")
+    lc.add_argument("--labels", default="", help="comma list of brush labels (default: one per level: whole, part, ...)")
+    lc.set_defaults(func=cmd_labelstudio_config)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -39,12 +39,13 @@ __all__ = [
     "coco_record", "coco_dataset", "labelstudio_record", "labelstudio_tasks", "labelstudio_config",
     "ls_rle_encode", "ls_rle_decode", "coco_rle", "validate_labelstudio", "write_json",
     "write_text", "write_coco_dataset", "write_labelstudio", "EncodedTask", "LS_FROM_NAME", "LS_TO_NAME",
-    "PART_OF",
+    "PART_OF", "GRANULARITY", "LabelStudioTarget",
 ]
 
 LS_FROM_NAME, LS_TO_NAME = "label", "image"  # names in the labeling config
 PART_OF = "part-of"  # the relation label of part-whole links
 SEGMENT_LABEL = "segment"  # category of raw segments of models without a classifier
+GRANULARITY = {4: "whole", 3: "part", 2: "sub-part", 1: "fine part"}  # what each tree level is to an annotator
 _RLE_SIZES = (3, 4, 8, 16)  # run size classes, in bits (Label Studio's)
 
 
@@ -220,10 +221,11 @@ def write_coco_dataset(path: str | os.PathLike[str], records: Iterable[dict[str,
 def _bits(values: np.ndarray, widths: np.ndarray) -> np.ndarray:
     """Concatenate ``values[i]`` written in ``widths[i]`` bits (most significant first)."""
     top = int(widths.max())
-    shifts = np.arange(top - 1, -1, -1, dtype=np.int64)
-    table = (values[:, None].astype(np.int64) >> shifts[None]) & 1  # right-aligned in `top` bits
-    keep = shifts[None] < widths[:, None]
-    return table[keep].astype(np.uint8)
+    word = 16 if top <= 16 else 32
+    # every value as a big-endian word, unpacked to its bits (row i: values[i], most significant first)
+    table = np.unpackbits(values.astype(f">u{word // 8}").view(np.uint8)).reshape(-1, word)
+    keep = np.arange(word)[None] >= (word - widths)[:, None]  # the last widths[i] bits of row i
+    return table[keep]
 
 
 def ls_rle_encode(mask: np.ndarray) -> list[int]:
@@ -287,29 +289,81 @@ def ls_rle_decode(rle: Sequence[int], shape: tuple[int, int] | None = None) -> n
     return out[::4].reshape(shape) > 0
 
 
+@dataclass(frozen=True)
+class LabelStudioTarget:
+    """Where pre-annotations go in a Label Studio labeling config, and which label each region gets.
+
+    The defaults are the config :func:`labelstudio_config` writes (any label: the config is made
+    from the labels used). A project's own config (read by the Label Studio backend) names its
+    controls and, in ``labels``, the ``BrushLabels`` values; a region then takes its predicted class
+    when that is one of them (case-insensitive), else its level's granularity (:data:`GRANULARITY`)
+    when that is, else the first label.
+    """
+
+    from_name: str = LS_FROM_NAME  # the BrushLabels control
+    to_name: str = LS_TO_NAME  # the Image tag it labels
+    data_key: str = LS_TO_NAME  # the task data field holding the image ($image)
+    labels: tuple[str, ...] | None = None  # the BrushLabels' label values; None: any
+    relation_labels: tuple[str, ...] = (PART_OF,)  # labels of the part-of relations; (): unlabelled
+    levels: tuple[int, ...] = (1, 2, 3, 4)  # tree levels exported (annotated regions are always kept)
+
+    def label(self, predicted: str, level: int | None) -> str:
+        """The config's label for a region with this predicted class (or annotated label) and level."""
+        if self.labels is None:
+            return predicted
+        by_key = {lbl.casefold(): lbl for lbl in self.labels}
+        for wanted in (predicted, GRANULARITY.get(level or 0, "")):
+            if wanted and wanted.casefold() in by_key:
+                return by_key[wanted.casefold()]
+        return self.labels[0]
+
+    def brush_region(self, region_id: str, label: str, rle: list[int], size: tuple[int, int]) -> dict[str, Any]:
+        """One brush region in Label Studio's result format (``size`` = (width, height))."""
+        return {"id": region_id, "from_name": self.from_name, "to_name": self.to_name, "type": "brushlabels",
+                "original_width": size[0], "original_height": size[1], "image_rotation": 0,
+                "value": {"format": "rle", "rle": rle, "brushlabels": [label]}}
+
+
+DEFAULT_TARGET = LabelStudioTarget()
+
+
+def _kept_items(items: list[dict[str, Any]], levels: Sequence[int]) -> list[dict[str, Any]]:
+    """The items of the chosen levels, each linked to its nearest kept ancestor."""
+    parent = {it["node"]: it["parent"] for it in items}
+    kept = [it for it in items if it["level"] is None or it["level"] in levels]
+    names = {it["node"] for it in kept}
+    out = []
+    for it in kept:
+        up = it["parent"]
+        while up is not None and up not in names:
+            up = parent.get(up)
+        out.append({**it, "parent": up})
+    return out
+
+
 def labelstudio_record(tree: Hierarchy, image_ref: str, annotations: Annotations | None = None,
-                       model_version: str = "") -> dict[str, Any]:
-    """One Label Studio task with the tree (or regions) as pre-annotations (``predictions``)."""
-    w, h = tree.size
+                       model_version: str = "", target: LabelStudioTarget = DEFAULT_TARGET) -> dict[str, Any]:
+    """One Label Studio task with the tree (or regions) as pre-annotations (``predictions``): a
+    brush region per segment of ``target.levels`` (or per annotated region), each linked to the
+    region it is part of by a ``part-of`` relation (child -> parent), and the prediction's score
+    (the segments' mean top-class probability, for models with a classifier)."""
     result: list[dict[str, Any]] = []
     links: list[dict[str, Any]] = []
     scores: list[float] = []
     masks = _Masks(tree, annotations)
-    for it in masks.items:
+    for it in _kept_items(masks.items, target.levels):
         rle = _ls_rle_of_runs(*masks.runs(it, "C"))
-        result.append({"id": it["node"], "from_name": LS_FROM_NAME, "to_name": LS_TO_NAME, "type": "brushlabels",
-                       "original_width": w, "original_height": h, "image_rotation": 0,
-                       "value": {"format": "rle", "rle": rle, "brushlabels": [it["label"]]}})
+        result.append(target.brush_region(it["node"], target.label(it["label"], it["level"]), rle, tree.size))
         if it["parent"] is not None:
             links.append({"type": "relation", "from_id": it["node"], "to_id": it["parent"], "direction": "right",
-                          "labels": [PART_OF]})
+                          **({"labels": [target.relation_labels[0]]} if target.relation_labels else {})})
         if it["score"] is not None:
             scores.append(it["score"])
     result += links  # the relations after every region they join
     prediction: dict[str, Any] = {"model_version": model_version or str(tree.model.get("name", "cast")), "result": result}
     if scores:
         prediction["score"] = round(float(np.mean(scores)), 6)
-    return {"data": {LS_TO_NAME: image_ref}, "predictions": [prediction]}
+    return {"data": {target.data_key: image_ref}, "predictions": [prediction]}
 
 
 def labelstudio_tasks(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

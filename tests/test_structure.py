@@ -133,3 +133,15 @@ def test_ui_module_holds_layout_and_wiring_only():
     nested = [n.name for f in tree.body if isinstance(f, ast.FunctionDef)
               for n in ast.walk(f) if isinstance(n, ast.FunctionDef) and n is not f and f.name != "photo_input"]
     assert not nested, f"callbacks defined inside app/ui.py functions: {nested}"
+
+
+def test_integrations_are_modules_the_core_never_imports():
+    """``cast.labelstudio`` builds on the library; only the command line reaches it (inside the
+    command that needs it), so ``import cast`` never loads a server."""
+    graph = _internal_graph("cast")
+    for name, deps in graph.items():
+        if not name.startswith("cast.labelstudio") and name != "cast.__main__":
+            assert not any(d.startswith("cast.labelstudio") for d in deps), f"{name} imports the Label Studio backend"
+    main = ast.parse((ROOT / "cast" / "__main__.py").read_text())
+    top = {n.module for n in main.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any("labelstudio" in m for m in top), "cast.__main__ imports the backend only inside its commands"
