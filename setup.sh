@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 python -m pip install -r requirements.txt
+# Ray Data for `cast segment --engine ray` and its tests (an extra of the library; the Space does not install it)
+python -m pip install "ray[data]>=2.40,<3"
+python -c "import cv2, sys; sys.exit(0 if hasattr(cv2, 'ximgproc') else 'OpenCV lost its contrib modules (SEEDS)')"
 
 # Label Studio, for the checks against a live server (tests/labelstudio/): in its own virtualenv,
 # because label-studio pins its own opencv and numpy (never in the project's Python).

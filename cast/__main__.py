@@ -34,22 +34,48 @@ def _collect(inputs: list[str], recursive: bool) -> tuple[list[Path], list[str]]
     return files, missing
 
 
-def _out_names(files: list[Path]) -> list[str]:
+def _out_names(files: list[Path] | list[str]) -> list[str]:
     """One folder name per file: its stem, made unique when two inputs share a stem."""
+    from .batch import file_name
+
     seen: dict[str, int] = {}
     names = []
     for f in files:
-        n = seen.get(f.stem, 0)
-        seen[f.stem] = n + 1
-        names.append(f.stem if n == 0 else f"{f.stem}_{n}")
+        stem = Path(file_name(f)).stem
+        n = seen.get(stem, 0)
+        seen[stem] = n + 1
+        names.append(stem if n == 0 else f"{stem}_{n}")
     return names
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[Path] | list[str], list[str]]:
+    """The input images (local paths; for the Ray engine also URIs) and the inputs not found."""
+    if args.engine == "ray":
+        from .ray_engine import list_inputs
+
+        return list_inputs(args.inputs, args.recursive)
+    return _collect(args.inputs, args.recursive)
+
+
+def _run_engine(args: argparse.Namespace, job: object) -> int:
+    """Run the job on the chosen engine; the images segmented now."""
+    from . import load_segmenter
+    from .batch import run
+
+    if args.engine == "ray":
+        from .ray_engine import RaySettings, run_ray
+
+        settings = RaySettings(args.address, args.model_workers, args.gpus_per_worker, args.model, args.device,
+                               not args.no_refine)
+        return run_ray(job, args.out, settings)  # type: ignore[arg-type]
+    return run(job, load_segmenter(args.model, device=args.device, refine=not args.no_refine))  # type: ignore[arg-type]
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     import torch
 
-    from . import CastError, load_segmenter
-    from .batch import FORMATS, BatchJob, BatchMismatchError, parse_shard, run
+    from . import CastError
+    from .batch import FORMATS, BatchJob, BatchMismatchError, parse_shard
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -63,29 +89,33 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    files, missing = _collect(args.inputs, args.recursive)
+    if args.engine == "ray":
+        from .ray_engine import MISSING_RAY, ray_available
+
+        if not ray_available():
+            print(f"error: {MISSING_RAY}", file=sys.stderr)
+            return 2
+    files, missing = _inputs(args)
     for m in missing:
         print(f"error: {m}: no such file or folder", file=sys.stderr)
     if not files:
         print("error: no images found", file=sys.stderr)
         return 1
-    try:
-        segmenter = load_segmenter(args.model, device=args.device, refine=not args.no_refine)
-    except CastError as e:
-        print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
-        return 2
     levels = tuple(int(v) for v in args.segment_predictions.split(",") if v.strip()) if args.segment_predictions else ()
     job = BatchJob(files, _out_names(files), Path(args.out), formats, max(1, args.batch_size), max(0, args.workers),
                    max(0, args.writers), shard, levels, args.image_root,
                    model=Path(args.model).name if Path(args.model).exists() else args.model,  # a folder on any machine
                    progress=not args.quiet)
     try:
-        done = run(job, segmenter)
+        done = _run_engine(args, job)
     except BatchMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except CastError as e:
+        print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
+        return 2
     mine = sum(len(b) for b in job.batches())
-    print(f"{done} segmented now, {mine - len(job.failed)} of {mine} inputs of this shard done in {job.out}"
+    print(f"{done} segmented now, {mine - len(job.failed)} of {mine} inputs of this shard done in {args.out}"
           + (f" (shard {shard[0]}/{shard[1]} of {len(files)})" if shard[1] > 1 else ""), file=sys.stderr)
     failed = [*missing, *job.failed]
     if failed:
@@ -207,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     seg.add_argument("--device", default=None, help="torch device (default cpu)")
     seg.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     seg.add_argument("--quiet", action="store_true", help="no progress bar")
+    seg.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: this machine's processes; ray: a Ray Data pipeline (pip install \"cast-explorer[ray]\")")
+    seg.add_argument("--address", default=None, help="Ray: the cluster to join (default: start a local Ray sized to the machine)")
+    seg.add_argument("--model-workers", type=int, default=1, help="Ray: actors holding the model")
+    seg.add_argument("--gpus-per-worker", type=float, default=0.0, help="Ray: GPUs per model actor (0: CPU)")
     seg.set_defaults(func=cmd_segment)
     mg = sub.add_parser("merge", help="combine the COCO / Label Studio files of --shard outputs")
     mg.add_argument("outputs", nargs="+", help="output folders of `segment` runs")

@@ -41,7 +41,8 @@ from .exports import (
 )
 from .segmenter import Segmenter
 
-__all__ = ["BatchJob", "BatchMismatchError", "run", "merge", "inputs_of", "FORMATS", "parse_shard"]
+__all__ = ["BatchJob", "BatchMismatchError", "run", "merge", "inputs_of", "FORMATS", "parse_shard", "assemble",
+           "file_name", "write_outputs", "write_status", "claim", "PARTS"]
 
 FORMATS = ("json", "coco", "labelstudio")
 PARTS = ".parts"
@@ -70,7 +71,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 class BatchJob:
     """What to run: the files (in a fixed order), their output names, where and how."""
 
-    files: list[Path]
+    files: list[Path] | list[str]  # local paths (or, for the Ray engine, URIs such as s3://bucket/a.jpg)
     names: list[str]  # one output folder / record name per file
     out: Path
     formats: tuple[str, ...] = ("json",)
@@ -139,9 +140,14 @@ def _loader(job: BatchJob, segmenter: Segmenter, todo: list[list[int]]) -> Itera
     yield from loader
 
 
-def _write(job: BatchJob, segmenter: Segmenter, index: int, item: Any, readout: Any) -> None:
-    """All outputs of one image; the status file last (it marks the image as done). An image
-    that cannot be finished is recorded as failed."""
+def file_name(file: Path | str) -> str:
+    """The last part of a path or URI (``s3://bucket/dir/a.jpg`` -> ``a.jpg``)."""
+    return Path(file).name if isinstance(file, Path) else str(file).rstrip("/").rsplit("/", 1)[-1]
+
+
+def write_outputs(job: BatchJob, segmenter: Segmenter, index: int, item: Any, readout: Any) -> None:
+    """All outputs of one image under ``job.out`` (both engines write them so); the status file last
+    (it marks the image as done). An image that cannot be finished is recorded as failed."""
     try:
         tree = segmenter.finish(item, readout)
         if job.segment_levels and segmenter.has_head:
@@ -150,19 +156,19 @@ def _write(job: BatchJob, segmenter: Segmenter, index: int, item: Any, readout: 
         if "json" in job.formats:
             tree.save(job.out / name)
         if "coco" in job.formats:
-            write_json(job.part(index, "coco"), coco_record(tree, str(job.files[index].name)))
+            write_json(job.part(index, "coco"), coco_record(tree, file_name(job.files[index])))
         if "labelstudio" in job.formats:
-            ref = f"{job.image_root.rstrip('/')}/{job.files[index].name}" if job.image_root else job.files[index].name
+            ref = f"{job.image_root.rstrip('/')}/{file_name(job.files[index])}" if job.image_root else file_name(job.files[index])
             write_text(job.part(index, "labelstudio"), EncodedTask.of(labelstudio_record(tree, ref)).dumps())
         error = ""
     except MemoryError:
         error = "out of memory"
     except (CastError, ValueError) as e:
         error = str(e)
-    _status(job, index, error)
+    write_status(job, index, error)
 
 
-def _status(job: BatchJob, index: int, error: str) -> None:
+def write_status(job: BatchJob, index: int, error: str) -> None:
     write_json(job.out / PARTS / f"{index:08d}.status.json", {"file": str(job.files[index]), "error": error})
 
 
@@ -189,12 +195,12 @@ def _writer_init(job: BatchJob, segmenter: Segmenter) -> None:
 
 def _writer_task(index: int, item: Any, readout: Any) -> int:
     assert _WRITER is not None
-    _write(*_WRITER, index, item, readout)
+    write_outputs(*_WRITER, index, item, readout)
     return index
 
 
 class _Writers:
-    """Where finished readouts go: :func:`_write` in this process, or a pool of forked writer
+    """Where finished readouts go: :func:`write_outputs` in this process, or a pool of forked writer
     processes with a bounded number of images in flight (so memory stays flat)."""
 
     def __init__(self, job: BatchJob, segmenter: Segmenter, bar: Any) -> None:
@@ -209,7 +215,7 @@ class _Writers:
 
     def submit(self, index: int, item: Any, readout: Any) -> None:
         if self.pool is None:
-            _write(self.job, self.segmenter, index, item, readout)
+            write_outputs(self.job, self.segmenter, index, item, readout)
             self.bar.update(1)
             return
         self.pending.append(self.pool.submit(_writer_task, index, item, readout))
@@ -240,7 +246,7 @@ def run(job: BatchJob, segmenter: Segmenter) -> int:
     from tqdm import tqdm
 
     (job.out / PARTS).mkdir(parents=True, exist_ok=True)
-    _claim(job.out, job.manifest())
+    claim(job.out, job.manifest())
     batches = job.batches()
     todo = [b for b in batches if not all(job.done(i) for i in b)]
     total = sum(len(b) for b in batches)
@@ -254,7 +260,7 @@ def run(job: BatchJob, segmenter: Segmenter) -> int:
                 for i, _, err in batch:
                     if err:
                         tqdm.write(f"skipped {job.files[i]}: {err}", file=sys.stderr)
-                        _status(job, i, err)
+                        write_status(job, i, err)
                         bar.update(1)
                 if ready:
                     for (i, item), readout in zip(ready, segmenter.read_batch([item for _, item in ready])):
@@ -329,7 +335,7 @@ def _mismatch(a: dict[str, Any], b: dict[str, Any]) -> str:
     return ""
 
 
-def _claim(out: Path, manifest: dict[str, Any]) -> None:
+def claim(out: Path, manifest: dict[str, Any]) -> None:
     """Record what ``out``'s parts belong to, or refuse when they belong to another run (parts are
     numbered by input position: mixing lists would give images each other's annotations)."""
     old = _read_manifest(out)
@@ -361,7 +367,7 @@ def merge(outputs: list[Path], out: Path) -> tuple[int, int]:
                                      "when they were run on the same inputs with the same model")
     (out / PARTS).mkdir(parents=True, exist_ok=True)
     if manifests:
-        _claim(out, manifests[0][1])
+        claim(out, manifests[0][1])
     formats = tuple(f for f in ("coco", "labelstudio") if any(next(d.glob(f"*.{f}.json"), None) for d in dirs))
     for d in dirs:
         if d.resolve() == (out / PARTS).resolve():

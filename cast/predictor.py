@@ -9,6 +9,7 @@ per-segment and concept readouts.
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 
@@ -69,6 +70,20 @@ class Predictor(Segmenter):
         self.model: CAST = model
         self._forward = torch.compile(model.forward_hierarchy) if compile else model.forward_hierarchy
         self.concepts = concepts.to(self.device).eval() if isinstance(concepts, ConceptHierarchy) else None
+
+    def to(self, device: str | torch.device) -> Predictor:
+        super().to(device)
+        self._forward = self.model.forward_hierarchy
+        if self.concepts is not None:
+            self.concepts = self.concepts.to(device)
+        return self
+
+    def without_weights(self) -> Predictor:
+        light = super().without_weights()
+        assert isinstance(light, Predictor)
+        light._forward = light.model.forward_hierarchy
+        light.concepts = None if self.concepts is None else copy.deepcopy(self.concepts).to("meta")
+        return light
 
     def compute_superpixels(self, image: np.ndarray) -> np.ndarray:
         """Superpixel ids ``[S, S]`` int64 of a model-size image, with the model's settings."""

@@ -18,6 +18,7 @@ masked-segment recognition (:meth:`Segmenter.predict_segments`).
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -71,6 +72,20 @@ class Segmenter:
         self._mean = torch.tensor(info.mean, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(info.std, device=self.device).view(1, 3, 1, 1)
         self.has_head = int(getattr(model, "num_classes", 0)) > 0 and info.class_names is not None
+
+    def to(self, device: str | torch.device) -> Segmenter:
+        """Move the model (and what the forward pass uses with it) to ``device``; returns self."""
+        self.model = self.model.to(device)
+        self.device = torch.device(device)
+        self._mean, self._std = self._mean.to(device), self._std.to(device)
+        return self
+
+    def without_weights(self) -> Segmenter:
+        """A copy for the steps around the model (:meth:`prepare`, :meth:`finish`) in other
+        processes: the same settings, its model on the meta device (no weights, cheap to ship)."""
+        light = copy.copy(self)
+        light.model = copy.deepcopy(self.model).to("meta")
+        return light
 
     # -- image preparation -----------------------------------------------------------------
     def load(self, image: ImageLike | ImageInput) -> ImageInput:

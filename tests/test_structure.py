@@ -136,12 +136,17 @@ def test_ui_module_holds_layout_and_wiring_only():
 
 
 def test_integrations_are_modules_the_core_never_imports():
-    """``cast.labelstudio`` builds on the library; only the command line reaches it (inside the
-    command that needs it), so ``import cast`` never loads a server."""
+    """``cast.labelstudio`` and ``cast.ray_engine`` build on the library; only the command line
+    reaches them (inside the command that needs them), so ``import cast`` never loads a server or Ray."""
     graph = _internal_graph("cast")
     for name, deps in graph.items():
-        if not name.startswith("cast.labelstudio") and name != "cast.__main__":
-            assert not any(d.startswith("cast.labelstudio") for d in deps), f"{name} imports the Label Studio backend"
+        for integration in ("cast.labelstudio", "cast.ray_engine"):
+            if not name.startswith(integration) and name != "cast.__main__":
+                assert not any(d.startswith(integration) for d in deps), f"{name} imports {integration}"
     main = ast.parse((ROOT / "cast" / "__main__.py").read_text())
     top = {n.module for n in main.body if isinstance(n, ast.ImportFrom) and n.module}
-    assert not any("labelstudio" in m for m in top), "cast.__main__ imports the backend only inside its commands"
+    assert not any("labelstudio" in m or "ray" in m for m in top), "cast.__main__ imports integrations only inside its commands"
+    ray_engine = ast.parse((ROOT / "cast" / "ray_engine.py").read_text())
+    top = {a.name for n in ray_engine.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module for n in ray_engine.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {"ray", "pyarrow"} & {m.split(".")[0] for m in top}, "Ray is imported inside the functions that need it"
