@@ -42,11 +42,12 @@ from .exports import (
 from .segmenter import Segmenter
 
 __all__ = ["BatchJob", "BatchMismatchError", "run", "merge", "inputs_of", "FORMATS", "parse_shard", "assemble",
-           "file_name", "write_outputs", "write_status", "claim", "PARTS"]
+           "file_name", "write_outputs", "write_status", "claim", "finish_job", "PARTS", "REPORT"]
 
 FORMATS = ("json", "coco", "labelstudio")
 PARTS = ".parts"
 MANIFEST = "manifest.json"  # in PARTS: {"schema", "version", "names", "model"}
+REPORT = "report.json"  # in OUT: this shard's inputs, done and failed (with the errors)
 _MANIFEST_SCHEMA = "cast-batch"
 
 
@@ -272,18 +273,24 @@ def run(job: BatchJob, segmenter: Segmenter) -> int:
         raise
     finally:
         bar.close()
-    job.failed = _failures(job, [i for b in batches for i in b])
-    assemble(job.out, job.formats)
+    finish_job(job)
     return count
 
 
-def _failures(job: BatchJob, indices: list[int]) -> list[str]:
-    out = []
+def finish_job(job: BatchJob) -> None:
+    """After a run (either engine): ``job.failed``, ``OUT/report.json`` (this shard's inputs, how
+    many are done, and every failed input with its error) and the assembled dataset files."""
+    indices = [i for b in job.batches() for i in b]
+    failures = []
     for i in indices:
-        status = job.out / PARTS / f"{i:08d}.status.json"
-        if status.is_file() and json.loads(status.read_text()).get("error"):
-            out.append(str(job.files[i]))
-    return out
+        path = job.out / PARTS / f"{i:08d}.status.json"
+        error = json.loads(path.read_text()).get("error") if path.is_file() else "not processed"
+        if error:
+            failures.append({"file": str(job.files[i]), "error": error})
+    job.failed = [f["file"] for f in failures]
+    write_json(job.out / REPORT, {"schema": "cast-batch-report", "shard": list(job.shard), "inputs": len(indices),
+                                  "done": len(indices) - len(failures), "failed": failures})
+    assemble(job.out, job.formats)
 
 
 def assemble(out: Path, formats: tuple[str, ...], parts_dirs: list[Path] | None = None) -> None:

@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .batch import PARTS, BatchJob, assemble, claim, write_outputs, write_status
+from .batch import PARTS, REPORT, BatchJob, claim, finish_job, write_outputs, write_status
 from .errors import CastError
 
 __all__ = ["RaySettings", "run_ray", "list_inputs", "ray_available", "MISSING_RAY"]
@@ -274,10 +274,10 @@ def run_ray(job: BatchJob, out: str, settings: RaySettings) -> int:
         if "://" in out:  # the parts written by the workers, back for assembling
             local = _local_mirror(out, Path(tmp) / "final")
             job = dataclasses.replace(job, out=local)
-        given.failed = _failures(job)
-        assemble(local, job.formats)
+        finish_job(job)
+        given.failed = job.failed
         if "://" in out:
-            for name in ("coco.json", "labelstudio.json", "labelstudio.xml"):
+            for name in ("coco.json", "labelstudio.json", "labelstudio.xml", REPORT):
                 if (local / name).is_file():
                     _copy_tree_file(local / name, f"{out.rstrip('/')}/{name}")
     return count
@@ -288,18 +288,6 @@ def _copy_tree_file(path: Path, target: str) -> None:
 
     filesystem, where = _fs(target)
     fs.copy_files(str(path), where, destination_filesystem=filesystem)
-
-
-def _failures(job: BatchJob) -> list[str]:
-    import json
-
-    out = []
-    for b in job.batches():
-        for i in b:
-            status = job.out / PARTS / f"{i:08d}.status.json"
-            if status.is_file() and json.loads(status.read_text()).get("error"):
-                out.append(str(job.files[i]))
-    return out
 
 
 def _execute(ray: Any, job: BatchJob, out: str, settings: RaySettings, todo: list[list[int]], segmenter: Any) -> int:

@@ -36,7 +36,11 @@ def test_folder_with_broken_files(tmp_path, photo, tiny_model_dir):
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     assert "broken.jpg" in r.stderr and "bomb.png" in r.stderr
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["astronaut", "astronaut_1", "crop"]
+    report = json.loads((out / "report.json").read_text())  # the failures with their errors, in one file
+    assert report["inputs"] == 5 and report["done"] == 3
+    errors = {Path(f["file"]).name: f["error"] for f in report["failed"]}
+    assert set(errors) == {"broken.jpg", "bomb.png"} and "too large" in errors["bomb.png"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["astronaut", "astronaut_1", "crop", "report.json"]
     tree = json.loads((out / "crop" / "hierarchy.json").read_text())
     assert tree["image"]["width"] == 150 and tree["image"]["height"] == 100
     assert set(tree["segment_predictions"]) == {n["key"] for n in tree["nodes"] if n["level"] == 4}

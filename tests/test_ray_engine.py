@@ -42,11 +42,12 @@ def files_of(out: Path) -> dict[str, bytes]:
         if not p.is_file():
             continue
         data = p.read_bytes()
-        if p.name == "hierarchy.json" or p.name.endswith(".status.json"):
+        if p.name in ("hierarchy.json", "report.json") or p.name.endswith(".status.json"):
             doc = json.loads(data)
             doc.pop("timings", None)
-            if "file" in doc:
-                doc["file"] = doc["file"].rsplit("/", 1)[-1]
+            for entry in [doc, *doc.get("failed", [])]:
+                if "file" in entry:
+                    entry["file"] = entry["file"].rsplit("/", 1)[-1]
             data = json.dumps(doc, sort_keys=True).encode()
         files[p.relative_to(out).as_posix()] = data
     return files
@@ -82,6 +83,8 @@ def test_ray_writes_what_the_local_engine_writes_through_file_uris(folder, local
     assert sorted(ours) == sorted(theirs) and len(ours) > 8 * 2
     differ = [name for name in ours if ours[name] != theirs[name]]
     assert not differ, f"files that differ from the local engine's: {differ[:5]}"
+    report = json.loads((out / "report.json").read_text())  # the failures, by name, in one file
+    assert (report["inputs"], report["done"]) == (8, 7) and [f["file"] for f in report["failed"]] == [f"file://{folder}/img99_broken.jpg"]
     broken = json.loads((out / ".parts" / "00000007.status.json").read_text())
     assert broken["file"] == f"file://{folder}/img99_broken.jpg" and broken["error"].startswith("img99_broken.jpg: ")
     again = cli(f"file://{folder}", "--model", tiny_model_dir, "--out", f"file://{out}", *COMMON, "--engine", "ray")
