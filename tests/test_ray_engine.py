@@ -91,6 +91,29 @@ def test_ray_writes_what_the_local_engine_writes_through_file_uris(folder, local
     assert "0 segmented now, 7 of 8 inputs" in again.stderr  # a finished job: nothing redone
 
 
+def _workers(proc: subprocess.Popen, title: str) -> set[int]:
+    """Live processes started by ``proc`` (its Ray instance's workers) whose title starts with
+    ``title`` (Ray names them, e.g. ``ray::Map(_write)``)."""
+    parent, titles = {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z":
+                parent[int(d.name)] = int(stat[1])
+                titles[int(d.name)] = (d / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+    family, todo = set(), [proc.pid]
+    while todo:
+        current = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == current and c not in family]
+        family.update(kids)
+        todo += kids
+    return {pid for pid in family if titles.get(pid, "").startswith(title)}
+
+
 def _wait_for(condition, timeout: float = 180.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -104,16 +127,17 @@ def test_a_killed_model_worker_and_a_killed_task_are_retried_and_the_output_is_c
     parts = out / ".parts"
     proc = cli(folder, "--model", tiny_model_dir, "--out", out, *COMMON, "--engine", "ray", "--batch-size", "2", wait=False)
     try:
-        # the model actor's process (ray::MapWorker(MapBatches(_Forward))), SIGKILLed as soon as it is up
-        _wait_for(lambda: _processes_with("_Forward"), what="the model actor")
-        killed = set(_processes_with("_Forward"))
+        # the model actor's process, SIGKILLed as soon as it is up
+        actor = "ray::MapWorker(MapBatches(_Forward))"
+        _wait_for(lambda: _workers(proc, actor), what="the model actor")
+        killed = _workers(proc, actor)
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: set(_processes_with("_Forward")) - killed or proc.poll() is not None, what="a restart")
-        assert set(_processes_with("_Forward")) - killed, "Ray did not restart the killed model actor"
-        # then a worker process running a writing task (ray::Map(_write)), SIGKILLed too
-        _wait_for(lambda: _processes_with("_write") or proc.poll() is not None, what="a writing task")
-        writers = _processes_with("_write")
+        _wait_for(lambda: _workers(proc, actor) - killed or proc.poll() is not None, what="a restart")
+        assert _workers(proc, actor) - killed, "Ray did not restart the killed model actor"
+        # then a worker process running a writing task, SIGKILLed too
+        _wait_for(lambda: _workers(proc, "ray::Map(_write)") or proc.poll() is not None, what="a writing task")
+        writers = _workers(proc, "ray::Map(_write)")
         for pid in writers:
             os.kill(pid, signal.SIGKILL)
         assert writers, "the run ended before a writing task could be killed"
