@@ -10,8 +10,9 @@ streaming pipeline.
   pool holds the model and runs the forward passes (on a GPU when the cluster has one,
   ``gpus_per_worker``); CPU tasks build and refine the trees and write every output of an image
   (written to a local staging folder by the local engine's own writer, then copied to the output
-  folder, the status file last). Tasks and actors that die are retried by Ray (``max_retries``,
-  ``max_restarts``); writes are whole files, so a retry rewrites what it had written.
+  folder, the status file last). Tasks and actors that die are retried by Ray (its defaults: a
+  task's worker dying, 3 retries; the actor pool's actors restarted and their tasks retried); writes
+  are whole files, so a retry rewrites what it had written.
 - Resume and refusal follow the local engine's rules (``OUT/.parts``: an image whose status file is
   there is done; a manifest of another input list or model is refused). ``coco.json`` and
   ``labelstudio.json`` / ``.xml`` are assembled at the end by the same writers, in input order.
@@ -303,12 +304,13 @@ def _execute(ray: Any, job: BatchJob, out: str, settings: RaySettings, todo: lis
             logging.getLogger("ray.data").setLevel(logging.WARNING)
         rows = [{"batch": b, "indices": indices} for b, indices in enumerate(todo)]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map(_prepare, fn_kwargs={"job": job, "segmenter": light}, num_cpus=0.5, max_retries=3)
+        # Retries are Ray's defaults: a task whose worker dies runs again (3 times), the actor pool's
+        # actors are restarted and their tasks retried without limit.
+        ds = ds.map(_prepare, fn_kwargs={"job": job, "segmenter": light}, num_cpus=0.5)
         ds = ds.map_batches(_Forward, fn_constructor_kwargs={"model": model, "gpus": settings.gpus_per_worker},
-                            batch_size=1,
-                            concurrency=max(1, settings.model_workers), num_gpus=settings.gpus_per_worker or None,
-                            num_cpus=0.25, max_restarts=-1, max_task_retries=-1)
-        ds = ds.map(_write, fn_kwargs={"job": job, "segmenter": light, "out": out}, num_cpus=1, max_retries=3)
+                            batch_size=1, compute=ray.data.ActorPoolStrategy(size=max(1, settings.model_workers)),
+                            num_gpus=settings.gpus_per_worker or None, num_cpus=0.25)  # mostly waits: the CPUs go to the tasks
+        ds = ds.map(_write, fn_kwargs={"job": job, "segmenter": light, "out": out}, num_cpus=1)
         return sum(int(r["images"]) for r in ds.iter_rows())
     finally:
         ray.shutdown()
