@@ -36,17 +36,19 @@ from .errors import (
 from .hierarchy import Hierarchy, Node
 from .keys import ROOT, Level, SegmentKey
 from .loading import convert_official_state_dict, load_model, safe_torch_load
-from .models import CAST, MODEL_NAMES, CastOutput, checkpoint_filter_fn
+from .models import CAST, HCAST, MODEL_NAMES, CastOutput, checkpoint_filter_fn
 from .ops import farthest_point_sample
 from .predictor import Predictor, load_segmenter
 from .segmenter import Segmenter
 from .superpixels import SuperpixelSettings, superpixels
+from .taxonomy import Taxonomy, TaxonomyError, load_taxonomy
 from .weights import BUNDLED, PUBLISHED, ModelInfo
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CAST", "CastOutput", "Hierarchy", "Node", "Predictor", "Segmenter", "ModelInfo", "SuperpixelSettings",
+    "CAST", "HCAST", "Taxonomy", "TaxonomyError", "load_taxonomy",
+    "CastOutput", "Hierarchy", "Node", "Predictor", "Segmenter", "ModelInfo", "SuperpixelSettings",
     "SegmentKey", "Level", "ROOT",
     "load_model", "load_segmenter", "safe_torch_load", "superpixels", "farthest_point_sample",
     "convert_official_state_dict", "checkpoint_filter_fn", "MODEL_NAMES", "PUBLISHED", "BUNDLED",

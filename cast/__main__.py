@@ -66,9 +66,10 @@ def _run_engine(args: argparse.Namespace, job: object) -> int:
         from .ray_engine import RaySettings, run_ray
 
         settings = RaySettings(args.address, args.model_workers, args.gpus_per_worker, args.model, args.device,
-                               not args.no_refine)
+                               not args.no_refine, args.taxonomy)
         return run_ray(job, args.out, settings)  # type: ignore[arg-type]
-    return run(job, load_segmenter(args.model, device=args.device, refine=not args.no_refine))  # type: ignore[arg-type]
+    segmenter = load_segmenter(args.model, device=args.device, refine=not args.no_refine, taxonomy=args.taxonomy)
+    return run(job, segmenter)  # type: ignore[arg-type]
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -220,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     seg = sub.add_parser("segment", help="segment images into part-to-whole hierarchies")
     seg.add_argument("inputs", nargs="+", help="image files and/or folders")
     seg.add_argument("--model", default="bundled", help="published name, 'bundled', a file, a folder or a Hub repo id")
+    seg.add_argument("--taxonomy", default=None, metavar="FILE",
+                     help="hierarchical (H-CAST) models: JSON with the class names per level and each class's parent")
     seg.add_argument("--out", required=True, help="output folder (one sub-folder per image)")
     seg.add_argument("--recursive", action="store_true", help="also look inside sub-folders")
     seg.add_argument("--segment-predictions", default="", metavar="LEVELS",

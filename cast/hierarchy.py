@@ -5,18 +5,29 @@ Segment ids are compact per level (``0..n_l-1``), ordered top-down: level-4 segm
 area, then each finer level grouped by parent (in the parent's order) and by decreasing area. So a
 depth-first walk of the tree visits ids in increasing order, which keeps icicle plots tidy.
 
-JSON schema (``schema == "cast-hierarchy"``, ``version == 2``; version 1 had no ``"annotations"``)::
+JSON schema (``schema == "cast-hierarchy"``, ``version == 3``; version 2 had no ``"taxonomy"`` and no
+node ``"taxonomy_predictions"``, version 1 no ``"annotations"``; older files read as having none)::
 
     {
-      "schema": "cast-hierarchy", "version": 2,
+      "schema": "cast-hierarchy", "version": 3,
       "image": {"width": W, "height": H, "name": str, "notes": [conversions made when reading]},
-      "model": {ModelInfo fields, class_names omitted},
+      "model": {ModelInfo fields, class_names omitted, taxonomy as {"levels": [names], "classes": [counts]}},
       "levels": [{"level": 1, "num_segments": n_1, "num_clusters": K_1}, ... 4 entries],
       "nodes": [{"key": "L1-0" (cast.keys.SegmentKey), "level": 1, "id": 0, "parent": 3 | null, "children": [ids one level finer],
                  "area": pixels, "area_fraction": float, "bbox": [x0, y0, x1, y1] (x1, y1 exclusive),
-                 "mean_color": [r, g, b], "predictions": [[label, probability], ...] | null}, ...],
+                 "mean_color": [r, g, b], "predictions": [[label, probability], ...] | null,
+                 "taxonomy_predictions": [[label, probability], ...] | null (hierarchical models: the segment's
+                 own token through the head of the taxonomy level its tree level answers)}, ...],
       "parents": [[level-2 id of each level-1 id], [level-3 ids], [level-4 ids]],
       "level_predictions": [[[label, probability] x top-k] x 4] | null,
+      "taxonomy": {"levels": [{"name": "species", "tree_level": 1, "predictions": [[label, probability] x top-k]},
+                              ... fine -> coarse],
+                   "argmax_path": [label per level], "consistent_path": [label per level] | null,
+                   "heads_agree": bool | null} | null
+                  (hierarchical models (H-CAST): each taxonomy head's prediction and the tree level (1..3) it
+                   reads; the consistent path is the valid path of the model's taxonomy with the highest
+                   summed log-probability, null without a taxonomy; heads_agree: whether the heads' own
+                   argmaxes form a valid path),
       "segment_predictions": {"L2-5": [[label, probability], ...]} (masked-image recognition, on demand),
       "concepts": [{"level": 1.., "id": prototype, "confidence": float, "thumbnails": [file names]}] | null
                   (HIRL models: the image's fine-to-coarse concept path; each node also has
@@ -47,11 +58,13 @@ from scipy import ndimage
 from .keys import NUM_LEVELS, Level, SegmentKey
 from .labelmaps import LabelMaps, weighted_counts
 from .refine import RefineSettings, axis_map, refine_labels
+from .taxonomy import DEFAULT_LEVEL_NAMES, Taxonomy
 
-__all__ = ["Node", "Hierarchy", "Readout", "build_hierarchy", "SCHEMA_NAME", "SCHEMA_VERSION", "boundaries", "Prediction"]
+__all__ = ["Node", "Hierarchy", "Readout", "build_hierarchy", "TaxonomyPrediction", "TaxonomyLevelPrediction",
+           "SCHEMA_NAME", "SCHEMA_VERSION", "boundaries", "Prediction"]
 
 SCHEMA_NAME = "cast-hierarchy"
-SCHEMA_VERSION = 2  # 2: "annotations" (cast.annotations); files of version 1 are read as having none
+SCHEMA_VERSION = 3  # 3: "taxonomy"; 2: "annotations" (cast.annotations); older files are read as having none
 
 Prediction = tuple[str, float]
 
@@ -78,6 +91,7 @@ class Node:
     predictions: list[Prediction] | None = None  # top-k of the segment's own token through the head
     centroid: int = -1  # FPS centroid index this segment came from (model-internal)
     concepts: list[int] | None = None  # nearest semantic prototype per concept level (HIRL models only)
+    taxonomy_predictions: list[Prediction] | None = None  # hierarchical models: own token through its level's head
 
     @property
     def key(self) -> SegmentKey:
@@ -96,11 +110,42 @@ class Node:
             "mean_color": list(self.mean_color),
             "predictions": None if self.predictions is None else [[lbl, round(p, 6)] for lbl, p in self.predictions],
             "concepts": self.concepts,
+            "taxonomy_predictions": None if self.taxonomy_predictions is None else _predictions_json(self.taxonomy_predictions),
         }
 
 
 def _predictions_json(preds: Iterable[Prediction]) -> list[list[Any]]:
     return [[lbl, round(p, 6)] for lbl, p in preds]
+
+
+@dataclass
+class TaxonomyLevelPrediction:
+    """One taxonomy level's head on one image."""
+
+    name: str  # the taxonomy level ("species", "family", ...)
+    tree_level: int  # the tree level (1..3) whose [CLS] and segments the head reads
+    predictions: list[Prediction]  # top-k, best first
+
+
+@dataclass
+class TaxonomyPrediction:
+    """A hierarchical model's per-level predictions on one image (fine -> coarse)."""
+
+    levels: list[TaxonomyLevelPrediction]
+    argmax_path: list[str]  # each head's own best class
+    consistent_path: list[str] | None  # the valid path with the highest summed log-probability (None: no taxonomy)
+    heads_agree: bool | None  # whether argmax_path is a path of the taxonomy (None: no taxonomy)
+
+    def level_at(self, tree_level: int) -> TaxonomyLevelPrediction | None:
+        """The taxonomy level a tree level answers (None for tree levels no head reads)."""
+        return next((lv for lv in self.levels if lv.tree_level == tree_level), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "levels": [{"name": lv.name, "tree_level": lv.tree_level, "predictions": _predictions_json(lv.predictions)}
+                       for lv in self.levels],
+            "argmax_path": list(self.argmax_path), "consistent_path": self.consistent_path, "heads_agree": self.heads_agree,
+        }
 
 
 @dataclass
@@ -138,6 +183,7 @@ class Hierarchy:
     timings: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     image_name: str = ""
+    taxonomy: TaxonomyPrediction | None = None  # hierarchical models (H-CAST): per taxonomy level
     image_notes: tuple[str, ...] = ()  # conversions made when reading the input (cast.image.ImageInput.notes)
     concepts: list[Any] | None = None  # the image's semantic path, cast.concepts.ConceptStep per level (HIRL models)
     segment_predictions: dict[SegmentKey, list[Prediction]] = field(default_factory=dict)
@@ -268,6 +314,9 @@ class Hierarchy:
     def to_dict(self) -> dict[str, Any]:
         w, h = self.size
         model = {k: v for k, v in self.model.items() if k != "class_names"}
+        if isinstance(model.get("taxonomy"), dict):  # its names and shape; the whole tree is the model's, not each image's
+            levels = model["taxonomy"].get("levels", [])
+            model["taxonomy"] = {"levels": [lv.get("name") for lv in levels], "classes": [len(lv.get("classes", [])) for lv in levels]}
         return {
             "schema": SCHEMA_NAME,
             "version": SCHEMA_VERSION,
@@ -284,6 +333,7 @@ class Hierarchy:
             ],
             "segment_predictions": {str(k): _predictions_json(v) for k, v in self.segment_predictions.items()},
             "concepts": None if self.concepts is None else [step.to_dict() for step in self.concepts],
+            "taxonomy": None if self.taxonomy is None else self.taxonomy.to_dict(),
             "superpixels": {
                 "count": self.num_superpixels,
                 "working_size": [int(self.working_superpixels.shape[1]), int(self.working_superpixels.shape[0])],
@@ -330,6 +380,10 @@ class Readout:
     level_probs: list[np.ndarray] | None = None  # 4 x [num_classes] per-level class probabilities
     segment_probs: list[np.ndarray] | None = None  # 4 x [K_l, num_classes]: each centroid's own token
     segment_concepts: list[np.ndarray] | None = None  # 4 x [K_l, L]: each centroid's nearest concept per level
+    # hierarchical heads (H-CAST), per taxonomy level fine -> coarse:
+    taxonomy_probs: list[np.ndarray] | None = None  # T x [classes_t] each head on its [CLS]
+    taxonomy_tree_levels: tuple[int, ...] | None = None  # T: the tree level (1..3) each head reads
+    segment_taxonomy_probs: list[np.ndarray] | None = None  # T x [K_l, classes_t] that level's centroids' own tokens
     concepts: list[Any] | None = None  # the image's concept path (cast.concepts.ConceptStep per level)
     timings: dict[str, float] = field(default_factory=dict)  # seconds of the model's own stages
 
@@ -474,7 +528,8 @@ def _bboxes(compact1: np.ndarray, n1: int, parents: list[np.ndarray], rows: np.n
 
 
 def _nodes(levels: list[_Level], parents: list[np.ndarray], boxes: list[np.ndarray], colour_sum1: np.ndarray,
-           readout: Readout, class_names: Sequence[str] | None, top_k: int) -> list[Node]:
+           readout: Readout, class_names: Sequence[str] | None, top_k: int,
+           taxonomy_names: list[Sequence[str]] | None = None) -> list[Node]:
     """Every node, level 1 first (areas and colours add up from level 1 through the parents)."""
     nodes: list[Node] = []
     colour = colour_sum1[levels[0].order]
@@ -497,6 +552,10 @@ def _nodes(levels: list[_Level], parents: list[np.ndarray], boxes: list[np.ndarr
                 node.predictions = _top_k(readout.segment_probs[lv][centroid], class_names, top_k)
             if readout.segment_concepts is not None:
                 node.concepts = [int(c) for c in readout.segment_concepts[lv][centroid]]
+            if taxonomy_names is not None and readout.segment_taxonomy_probs is not None and readout.taxonomy_tree_levels:
+                if lv + 1 in readout.taxonomy_tree_levels:
+                    t = readout.taxonomy_tree_levels.index(lv + 1)
+                    node.taxonomy_predictions = _top_k(readout.segment_taxonomy_probs[t][centroid], taxonomy_names[t], top_k)
             nodes.append(node)
     return nodes
 
@@ -504,7 +563,8 @@ def _nodes(levels: list[_Level], parents: list[np.ndarray], boxes: list[np.ndarr
 def build_hierarchy(readout: Readout, working_image: np.ndarray, original_size: tuple[int, int], *,
                     class_names: Sequence[str] | None = None, top_k: int = 5, image_name: str = "",
                     image_notes: Sequence[str] = (), model: dict[str, Any] | None = None,
-                    detail_image: np.ndarray | None = None, refine: RefineSettings | None = None) -> Hierarchy:
+                    detail_image: np.ndarray | None = None, refine: RefineSettings | None = None,
+                    taxonomy: Taxonomy | None = None) -> Hierarchy:
     """Assemble a :class:`Hierarchy` from one image's :class:`Readout`.
 
     Args:
@@ -517,6 +577,9 @@ def build_hierarchy(readout: Readout, working_image: np.ndarray, original_size: 
             less for very large photos); with ``refine`` enabled, level-1 boundaries follow it
             (:func:`cast.refine.refine_labels`) and every coarser level is composed from level 1, so
             levels nest exactly. Without it the maps are the working ones, carried by nearest lookup.
+        taxonomy: a hierarchical model's taxonomy (names per level and the valid paths) for its
+            per-level predictions (``readout.taxonomy_probs``); without one, levels are named by
+            default and no consistent path is given.
     """
     num_clusters = tuple(int(k) for k in readout.num_clusters)
     t0 = time.perf_counter()
@@ -542,13 +605,14 @@ def build_hierarchy(readout: Readout, working_image: np.ndarray, original_size: 
     level_predictions = None
     if readout.level_probs is not None and class_names is not None:
         level_predictions = [_top_k(p, class_names, top_k) for p in readout.level_probs]
+    taxonomy_names, taxonomy_prediction = _taxonomy_prediction(readout, taxonomy, class_names, top_k)
     num_sp = int(readout.superpixels.max()) + 1
     sp_dtype = np.uint16 if num_sp <= 65535 else np.int32
     parents = [p.astype(np.int64) for p in parents]
     return Hierarchy(  # full-size maps are made from the detail ones on request; coarser levels composed from level 1
         maps=LabelMaps((W, H), compact1, sp_d.astype(sp_dtype), parents),
         parents=parents,
-        nodes=_nodes(levels, parents, boxes, colour1, readout, class_names, top_k),
+        nodes=_nodes(levels, parents, boxes, colour1, readout, class_names, top_k, taxonomy_names),
         level_predictions=level_predictions,
         working_superpixels=readout.superpixels.astype(sp_dtype),
         working_image=working_image,
@@ -558,5 +622,33 @@ def build_hierarchy(readout: Readout, working_image: np.ndarray, original_size: 
         image_name=image_name,
         image_notes=tuple(image_notes),
         concepts=readout.concepts,
+        taxonomy=taxonomy_prediction,
         timings={"refine": refine_s} if refined else {},
     )
+
+
+def _taxonomy_prediction(readout: Readout, taxonomy: Taxonomy | None, class_names: Sequence[str] | None,
+                         top_k: int) -> tuple[list[Sequence[str]] | None, TaxonomyPrediction | None]:
+    """Class names per taxonomy level and the image's :class:`TaxonomyPrediction` (None, None for a flat model)."""
+    probs, tree_levels = readout.taxonomy_probs, readout.taxonomy_tree_levels
+    if probs is None or tree_levels is None:
+        return None, None
+    sizes = [int(p.shape[-1]) for p in probs]
+    if taxonomy is not None and list(taxonomy.sizes) != sizes:
+        raise ValueError(f"the taxonomy has {taxonomy.sizes} classes per level, the heads {tuple(sizes)}")
+    if taxonomy is not None:
+        level_names, names = list(taxonomy.level_names), [list(c) for c in taxonomy.classes]
+    else:
+        level_names = list(DEFAULT_LEVEL_NAMES.get(len(sizes), [f"level {i + 1}" for i in range(len(sizes))]))
+        names = [[f"{level_names[t]} {i}" for i in range(n)] for t, n in enumerate(sizes)]
+        if class_names is not None and len(class_names) == sizes[0]:
+            names[0] = list(class_names)
+    levels = [TaxonomyLevelPrediction(level_names[t], int(tree_levels[t]), _top_k(p, names[t], top_k))
+              for t, p in enumerate(probs)]
+    argmax = [int(np.argmax(p)) for p in probs]
+    consistent = agree = None
+    if taxonomy is not None:
+        best = taxonomy.consistent_path([np.log(np.maximum(p, 1e-30))[None] for p in probs])[0]
+        consistent = [names[t][int(i)] for t, i in enumerate(best)]
+        agree = taxonomy.is_path(argmax)
+    return names, TaxonomyPrediction(levels, [names[t][i] for t, i in enumerate(argmax)], consistent, agree)

@@ -25,11 +25,13 @@ import torch
 from . import hub
 from .concepts import CONCEPTS_CONFIG, CONCEPTS_WEIGHTS, THUMBNAILS_DIR, ConceptHierarchy, load_concepts
 from .errors import CheckpointFormatError, CheckpointMismatchError, UnsafeCheckpointError, WeightsNotAvailableError
-from .models import CAST, VARIANTS, VIT_VARIANTS, checkpoint_filter_fn, infer_model_args, variant_of
+from .models import CAST, HCAST_VARIANTS, VARIANTS, VIT_VARIANTS, checkpoint_filter_fn, infer_model_args, level_classes_of, variant_of
+from .models.convert import check_fits
 from .models.hub_mixin import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     WEIGHTS_PATTERNS,
+    check_taxonomy,
     has_weights,
     info_from_config,
     load_weights,
@@ -39,11 +41,12 @@ from .models.hub_mixin import (
 )
 from .models.vit_conv import checkpoint_filter_fn as vit_filter_fn
 from .superpixels import SEEDS_DEIT, SEEDS_MOCO
+from .taxonomy import Taxonomy, load_taxonomy
 from .weights import BUNDLED, BUNDLED_MODELS, PUBLISHED, ModelInfo, bundled_dir, bundled_env, default_class_names
 
 __all__ = [
     "load_model", "resolve_source", "Source", "load_concepts_of", "safe_torch_load", "save_own_format",
-    "load_own_format", "build_model", "cast_for_state_dict", "convert_official_state_dict",
+    "load_own_format", "build_model", "attach_taxonomy", "cast_for_state_dict", "convert_official_state_dict",
 ]
 
 PUBLISHED_SUFFIXES = (".pth", ".pth.tar", ".pt", ".tar", ".bin", ".ckpt")
@@ -167,20 +170,21 @@ def resolve_source(source: str | os.PathLike[str]) -> Source:
 def build_model(arch: str, **kwargs: Any) -> torch.nn.Module:
     """Create a registered architecture with random weights through timm's registry: a CAST variant,
     a MoCo-v3 conv-stem ViT (``vit_conv_small`` / ``vit_conv_base``) or a timm ViT baseline (``vit_*``)."""
-    if arch in VARIANTS or arch in VIT_VARIANTS:
+    if arch in VARIANTS or arch in HCAST_VARIANTS or arch in VIT_VARIANTS:
         return timm.create_model(arch, **kwargs)
     if arch.startswith("vit_") and timm.is_model(arch):
         model = timm.create_model(arch, **kwargs)
         model.model_args = dict(kwargs)  # type: ignore[attr-defined]
         return model
-    raise WeightsNotAvailableError(f"unknown architecture {arch!r}; known: {', '.join(VARIANTS)}, "
+    raise WeightsNotAvailableError(f"unknown architecture {arch!r}; known: {', '.join(VARIANTS)}, {', '.join(HCAST_VARIANTS)}, "
                                    f"{', '.join(VIT_VARIANTS)} and timm vit_* baselines", short="unknown architecture")
 
 
 def cast_for_state_dict(sd: dict[str, torch.Tensor], name: str = "checkpoint",
                         model_overrides: dict[str, Any] | None = None) -> tuple[CAST, dict[str, Any]]:
     """Build (random weights) the registered CAST variant that a converted state dict fits, and
-    return it with the architecture read from the keys (width, depths, family, input size, head)."""
+    return it with the architecture read from the keys (width, depths, family, input size, head; with
+    H-CAST's ``family_head``, the hierarchical variant and its classes per level)."""
     try:
         args = infer_model_args(sd)
     except (KeyError, IndexError, AttributeError) as e:
@@ -193,6 +197,14 @@ def cast_for_state_dict(sd: dict[str, torch.Tensor], name: str = "checkpoint",
         )
     kwargs = {"pos_embed": args["pos_embed"], "num_classes": args["num_classes"], "img_size": args["img_size"],
               **(model_overrides or {})}
+    levels = level_classes_of(sd)
+    if levels is not None:  # an H-CAST file: one head per taxonomy level
+        if len(levels) not in (2, 3) or f"h{arch}" not in HCAST_VARIANTS:
+            raise CheckpointMismatchError(
+                f"{name}: hierarchical heads ({len(levels)} levels) on {arch}: H-CAST is registered for 2 or 3 levels on "
+                f"{', '.join(v.removeprefix('h') for v in HCAST_VARIANTS)} ({', '.join(HCAST_VARIANTS)})")
+        arch, kwargs["level_classes"] = f"h{arch}", levels
+        args["level_classes"] = levels
     return build_model(arch, **kwargs), {**args, "arch": arch}  # type: ignore[return-value]
 
 
@@ -224,7 +236,14 @@ def _load_published_file(path: str | os.PathLike[str], source: str, model_overri
     if sd and not any(k.startswith("pool1.") for k in sd) and "cls_token" in sd:
         return _load_vit_file(sd, path, source, model_overrides, base_info)
     model, args = cast_for_state_dict(sd, Path(path).name, model_overrides)
-    model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
+    if "level_classes" in args:  # H-CAST: every key must fit, heads included
+        try:
+            check_fits(sd, model)
+        except CheckpointMismatchError as e:
+            raise CheckpointMismatchError(f"{Path(path).name}: {e}") from None
+        model.load_state_dict(sd, strict=True)
+    else:
+        model.load_state_dict(checkpoint_filter_fn(sd, model), strict=True)
     family = "mocov3" if args["pos_embed"] == "sincos" else "deit"
     model.info = base_info or ModelInfo(
         name=args["arch"], family=family, superpixels=SEEDS_MOCO if family == "mocov3" else SEEDS_DEIT,
@@ -294,7 +313,8 @@ def load_own_format(model_id: str | os.PathLike[str], *, revision: str | None = 
 
 
 def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None = None, cache_dir: Any = None,
-               device: str | torch.device | None = None, **overrides: Any) -> torch.nn.Module:
+               device: str | torch.device | None = None, taxonomy: str | os.PathLike[str] | Taxonomy | None = None,
+               **overrides: Any) -> torch.nn.Module:
     """Load an eval-mode model carrying its metadata as ``model.info`` (:class:`~cast.weights.ModelInfo`).
 
     Args:
@@ -310,6 +330,11 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
         revision: Hub revision (branch, tag or commit) to pin.
         cache_dir: Hub cache folder (default: huggingface_hub's, ``HF_HUB_CACHE``).
         device: where to put the model (default CPU).
+        taxonomy: a taxonomy file (:mod:`cast.taxonomy`: classes per level and each one's parent) or
+            object, for the names and valid paths of a hierarchical model's levels (an H-CAST file,
+            which carries none); replaces a stored one. Its classes per level must equal the heads'
+            (for a flat model: its finest level equals the head's classes). Its finest level's names
+            become ``info.class_names``.
         overrides: ``ModelInfo`` fields (``superpixels``, ``class_names``, ``input_size``, ...)
             replace the stored metadata; anything else is passed to the model constructor.
 
@@ -346,8 +371,24 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
     else:
         model = load_own_format(src.name, revision=revision, cache_dir=cache_dir, overrides=overrides,
                                 source=f"hf://{src.name}")
+    if taxonomy is not None:
+        attach_taxonomy(model, taxonomy, str(source))
     model.eval()
     return model.to(device) if device is not None else model
+
+
+def attach_taxonomy(model: torch.nn.Module, taxonomy: str | os.PathLike[str] | Taxonomy, source: str = "model") -> None:
+    """Give a loaded model (with ``model.info``) a taxonomy: checked against its heads, its finest
+    level's names become the class names.
+
+    Raises:
+        TaxonomyError: the file is not a taxonomy. CheckpointFormatError: it does not fit the heads.
+    """
+    tax = load_taxonomy(taxonomy)
+    check_taxonomy(tax, model, source)
+    info = model.info  # type: ignore[union-attr]
+    fine = list(tax.classes[0]) if getattr(model, "num_classes", 0) else info.class_names  # type: ignore[union-attr]
+    model.info = info.with_(taxonomy=tax, class_names=fine)  # type: ignore[assignment, operator, union-attr]
 
 
 def load_concepts_of(source: str | os.PathLike[str], revision: str | None = None) -> ConceptHierarchy | None:

@@ -20,7 +20,7 @@ from .baselines import ViTKMeansSegmenter
 from .concepts import ConceptHierarchy
 from .errors import CastLoadError
 from .hierarchy import Readout
-from .loading import load_concepts_of, load_model
+from .loading import attach_taxonomy, load_concepts_of, load_model
 from .models import CAST
 from .refine import RefineSettings
 from .segmenter import Prepared, Segmenter
@@ -120,7 +120,12 @@ class Predictor(Segmenter):
         readouts = []
         for b in range(len(works)):
             r = Readout(sps[b], [t[b].cpu().numpy() for t in out.token_labels], self.model.num_clusters)
-            if self.has_head:
+            if self.has_head and out.taxonomy_logits is not None:  # H-CAST: one head per taxonomy level
+                assert out.segment_taxonomy_logits is not None
+                r.taxonomy_probs = [lg[b].float().softmax(-1).cpu().numpy() for lg in out.taxonomy_logits]
+                r.segment_taxonomy_probs = [lg[b].float().softmax(-1).cpu().numpy() for lg in out.segment_taxonomy_logits]
+                r.taxonomy_tree_levels = out.taxonomy_tree_levels
+            elif self.has_head:
                 assert out.level_logits is not None and out.segment_logits is not None
                 r.level_probs = [lg[b].float().softmax(-1).cpu().numpy() for lg in out.level_logits]
                 r.segment_probs = [lg[b].float().softmax(-1).cpu().numpy() for lg in out.segment_logits]
@@ -135,17 +140,21 @@ class Predictor(Segmenter):
 
 
 def load_segmenter(source: str | os.PathLike[str] | torch.nn.Module = BUNDLED, device: str | torch.device | None = None,
-                   top_k: int = 5, refine: RefineSettings | bool = True) -> Segmenter:
+                   top_k: int = 5, refine: RefineSettings | bool = True,
+                   taxonomy: str | os.PathLike[str] | None = None) -> Segmenter:
     """The segmenter for any model: a :class:`Predictor` for CAST, a
     :class:`~cast.baselines.ViTKMeansSegmenter` for the ViT baselines.
 
     Args:
         source: a loaded model (with ``model.info``) or anything :func:`cast.load_model` accepts.
+        taxonomy: a taxonomy file for a hierarchical model's levels (see :func:`cast.load_model`).
 
     Raises:
         CastLoadError: the source cannot be loaded.
     """
     model = load_model(source, device=device) if isinstance(source, (str, os.PathLike)) else source
+    if taxonomy is not None:
+        attach_taxonomy(model, taxonomy, str(source) if isinstance(source, (str, os.PathLike)) else "model")
     if isinstance(model, CAST):
         concepts = load_concepts_of(source) if isinstance(source, (str, os.PathLike)) else None
         return Predictor(model, device=device, top_k=top_k, concepts=concepts, refine=refine)

@@ -51,6 +51,7 @@ class RaySettings:
     model_source: str = "bundled"  # what the driver loads (cast.load_model's sources) and ships to the actors
     device: str | None = None  # unused: the actors use a GPU when they are given one
     refine: bool = True
+    taxonomy: str | None = None  # a taxonomy file for a hierarchical model's levels (read by the driver)
 
 
 def ray_available() -> bool:
@@ -261,7 +262,8 @@ def run_ray(job: BatchJob, out: str, settings: RaySettings) -> int:
     from .predictor import load_segmenter
 
     ray = import_ray()
-    segmenter = load_segmenter(settings.model_source, device="cpu", refine=settings.refine)  # fails here, clearly
+    segmenter = load_segmenter(settings.model_source, device="cpu", refine=settings.refine,  # fails here, clearly
+                               taxonomy=settings.taxonomy)
     given = job
     with tempfile.TemporaryDirectory(prefix="cast-ray-driver-") as tmp:
         local = _local_mirror(out, Path(tmp))

@@ -134,8 +134,12 @@ class Segmenter:
     def classify_embed(self, images: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """Class probabilities ``[B, num_classes]`` (None without a head) and the final [CLS]
         features ``[B, C]`` of ``[B, S, S, 3]`` uint8 images shown whole."""
-        feats = self.model.forward_head(self.model.forward_features(*self.model_inputs(images)), pre_logits=True)
-        probs = self.model.head(feats).float().softmax(-1).cpu().numpy() if self.has_head else None
+        inputs = self.model_inputs(images)
+        feats = self.model.forward_head(self.model.forward_features(*inputs), pre_logits=True)
+        if self.has_head and getattr(self.model, "level_classes", None) is not None:  # H-CAST: the fine head reads an earlier stage
+            probs = self.model(*inputs)[0].float().softmax(-1).cpu().numpy()
+        else:
+            probs = self.model.head(feats).float().softmax(-1).cpu().numpy() if self.has_head else None
         return probs, feats.float().cpu().numpy()
 
     def flop_inputs(self) -> tuple[torch.Tensor | int, ...]:
@@ -189,7 +193,7 @@ class Segmenter:
         src = item.src
         tree = build_hierarchy(readout, item.work, src.size, class_names=self.info.class_names if self.has_head else None,
                                top_k=self.top_k, image_name=src.name, image_notes=src.notes, model=self.describe(),
-                               detail_image=item.detail, refine=self.refine)
+                               detail_image=item.detail, refine=self.refine, taxonomy=self.info.taxonomy)
         t3 = time.perf_counter()
         tree.timings = {**item.timings, **readout.timings, "readout": t3 - t2, **tree.timings,
                         "total": t3 - item.started if item.started else sum(item.timings.values()) + t3 - t2}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .superpixels import SEEDS_DEIT, SEEDS_MOCO, SuperpixelSettings
+from .taxonomy import Taxonomy
 
 __all__ = [
     "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "BUNDLED_BASELINE", "BUNDLED_CONCEPTS",
@@ -48,13 +49,20 @@ class ModelInfo:
     source: str = ""  # where the weights came from (published name, path or Hub repo)
     weights: str | None = None  # published name when loaded from the table below
     extra: dict[str, Any] = field(default_factory=dict)  # free-form (metrics, training run, ...)
+    # Classes per level and their parents, for hierarchical heads (H-CAST) or to read a flat model's
+    # fine classes up a tree; its fine level's names are ``class_names``.
+    taxonomy: Taxonomy | None = None
 
     def to_dict(self, include_class_names: bool = True) -> dict[str, Any]:
         d = asdict(self)
         d["superpixels"] = self.superpixels.to_dict()
+        d["taxonomy"] = None if self.taxonomy is None else self.taxonomy.to_dict()
         d["mean"], d["std"] = list(self.mean), list(self.std)
         if not include_class_names:
             d["class_names"] = None if self.class_names is None else f"<{len(self.class_names)} names>"
+            if self.taxonomy is not None:
+                t = self.taxonomy
+                d["taxonomy"] = f"<{'/'.join(t.level_names)}: {'/'.join(map(str, t.sizes))} classes>"
         return d
 
     @classmethod
@@ -66,6 +74,7 @@ class ModelInfo:
             mean=tuple(d.get("mean", IMAGENET_MEAN)), std=tuple(d.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
             class_names=list(d["class_names"]) if d.get("class_names") is not None else None,
             source=str(d.get("source", "")), weights=d.get("weights"), extra=dict(d.get("extra", {})),
+            taxonomy=Taxonomy.from_dict(d["taxonomy"]) if isinstance(d.get("taxonomy"), (dict, list)) else None,
         )
 
     def with_(self, **changes: Any) -> ModelInfo:

@@ -9,6 +9,7 @@ import pytest
 
 import cast
 from cast.annotations import AnnotationError, Annotations, read_annotations
+from cast.hierarchy import SCHEMA_VERSION
 from cast.keys import Level, SegmentKey
 
 
@@ -126,12 +127,15 @@ def test_saved_in_hierarchy_json_and_read_back(tree, tiny_predictor, photo):
         d = json.loads(tree.to_json())
     finally:
         tree.annotations = None
-    assert d["version"] == 2 and [r["label"] for r in d["annotations"]["regions"]] == ["car", "wheel"]
+    assert d["version"] == SCHEMA_VERSION == 3 and [r["label"] for r in d["annotations"]["regions"]] == ["car", "wheel"]
     again = read_annotations(d, tiny_predictor(photo[:200, :300]))  # the same photo segmented again
     assert again.to_dict() == ann.to_dict() and again.create([SegmentKey(Level.L1, 0)], "x").startswith("R")
     old = {**d, "version": 1}
     old.pop("annotations")
     assert read_annotations(old, tree) is None  # files of version 1 have none
+    v2 = {k: v for k, v in d.items() if k != "taxonomy"}  # version 2: no taxonomy entries, read as before
+    v2["version"], v2["nodes"] = 2, [{k: v for k, v in n.items() if k != "taxonomy_predictions"} for n in d["nodes"]]
+    assert read_annotations(v2, tree).to_dict() == ann.to_dict()
     other = tiny_predictor(photo[200:, 100:])
     with pytest.raises(AnnotationError, match="another tree"):
         read_annotations(d, other)

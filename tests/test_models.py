@@ -3,7 +3,7 @@ import timm
 import torch
 
 import cast
-from cast.models import MODEL_NAMES
+from cast.models import MODEL_NAMES, VARIANTS
 from tests.helpers import official_keys, random_state_dict, write_deit_file, write_moco_file
 
 
@@ -37,7 +37,7 @@ def test_deep_variants_name_stage_blocks_by_global_index(name):
     assert sd["blocks4.13.attn.qkv.weight"].data_ptr() == sd["blocks.13.attn.qkv.weight"].data_ptr()
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", VARIANTS)  # H-CAST's: tests/test_hcast.py and the timm contract
 def test_every_variant_forward_backward(name):
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=64, num_classes=7, pos_embed="learned", drop_path_rate=0.1)

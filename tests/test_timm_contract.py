@@ -1,6 +1,7 @@
-"""timm's model contract, checked for every registered ``cast_*`` and ``vit_conv_*`` model: what timm's
-generic model tests (its ``tests/test_models.py``) ask of a model, written for our two families (CAST
-takes images and superpixels; both have a fixed input size, so the checks run at 64 px).
+"""timm's model contract, checked for every registered ``cast_*``, ``hcast_*`` and ``vit_conv_*`` model: what timm's
+generic model tests (its ``tests/test_models.py``) ask of a model, written for our families (CAST and
+H-CAST take images and superpixels, H-CAST returns one logits tensor per taxonomy level; all have a
+fixed input size, so the checks run at 64 px).
 
 Contracts: forward and backward, default cfgs at the standard and a non-standard input size, the
 API timm's optimizer factory relies on, creation on the meta device, ``features_only`` with every
@@ -27,8 +28,8 @@ import cast  # noqa: F401  (registers the models)
 from cast.models import MODEL_NAMES, VIT_VARIANTS
 
 SIZE = 64
-SMALL = ("cast_tiny", "vit_conv_small")
-ALL = tuple(timm.list_models(["cast_*", "vit_conv_*"]))
+SMALL = ("cast_tiny", "hcast_tiny", "vit_conv_small")
+ALL = tuple(timm.list_models(["cast_*", "hcast_*", "vit_conv_*"]))
 MODELS = [pytest.param(n, marks=() if n in SMALL else pytest.mark.slow) for n in ALL]
 _BUILT: dict[str, torch.nn.Module] = {}  # the current model's builds, copied for each use
 
@@ -45,10 +46,19 @@ def test_every_family_model_is_checked():
     assert set(ALL) == set(MODEL_NAMES) | set(VIT_VARIANTS) and set(SMALL) <= set(ALL)
 
 
+def takes_superpixels(name: str) -> bool:
+    return name.startswith(("cast", "hcast"))
+
+
+def fine(out):
+    """The (fine level's) logits: H-CAST returns a tuple, fine -> coarse."""
+    return out[0] if isinstance(out, tuple) else out
+
+
 def inputs(name: str, batch: int = 1, size: int = SIZE, device: str = "cpu") -> tuple[torch.Tensor, ...]:
     """What the model's forward takes: images, plus 8-px square superpixels for CAST."""
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch)).to(device)
-    if not name.startswith("cast"):
+    if not takes_superpixels(name):
         return (x,)
     r = torch.arange(size, device=device) // 8
     return x, (r[:, None] * (size // 8) + r[None, :]).expand(batch, -1, -1).clone()
@@ -71,7 +81,7 @@ def test_forward_equals_with_grad_checkpointing(name):
     model = create(name).eval()
     x = inputs(name)
     out = model(*x)
-    assert out.shape[0] == 1 and not torch.isnan(out).any()
+    assert fine(out).shape[0] == 1 and not torch.isnan(fine(out)).any()
     model.set_grad_checkpointing()
     torch.testing.assert_close(model(*x), out, rtol=1e-4, atol=1e-5)
 
@@ -79,11 +89,11 @@ def test_forward_equals_with_grad_checkpointing(name):
 def test_backward_reaches_every_parameter(name):
     model = create(name, num_classes=42).train()
     out = model(*inputs(name, batch=2))
-    out.mean().backward()
+    sum(o.mean() for o in (out if isinstance(out, tuple) else (out,))).backward()  # every level's head
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"no gradient for {missing[:5]}"
     assert sum(p.numel() for p in model.parameters()) == sum(p.grad.numel() for p in model.parameters())
-    assert out.shape == (2, 42) and not torch.isnan(out).any()
+    assert fine(out).shape == (2, 42) and not torch.isnan(fine(out)).any()
 
 
 @pytest.mark.parametrize("size", [None, SIZE])  # the pretrained cfg's 224 (on the meta device), and a smaller one
@@ -130,7 +140,7 @@ def test_no_weight_decay_and_group_matcher_name_real_parameters(name):
         assert sorted(groups) == sorted(params), "every parameter in exactly one group"
         order = [groups[n] for n in params]
         assert len(set(order)) > 1 and order[0] == 0 and groups[params[-1]] == max(order)
-    if name.startswith("cast"):  # a graph pooling trains with the last block of its stage
+    if takes_superpixels(name):  # a graph pooling trains with the last block of its stage
         groups = group_parameters(model, model.group_matcher(), reverse=True)
         last = list(itertools.accumulate(model.depths))
         for stage in range(3):
@@ -142,13 +152,13 @@ def test_no_weight_decay_and_group_matcher_name_real_parameters(name):
 
 def test_reset_classifier_keeps_the_pooling_device_dtype_and_mode(name):
     assert inspect.signature(timm.create_model(name, device="meta").reset_classifier).parameters["global_pool"].default is None
-    model = create(name, **({"global_pool": "avg"} if name.startswith("cast") else {})).eval()
+    model = create(name, **({"global_pool": "avg"} if takes_superpixels(name) else {})).eval()
     x = inputs(name, batch=2)
     with torch.no_grad():
         pooled = model.forward_head(model.forward_features(*x), pre_logits=True)
         model.reset_classifier(5)
         torch.testing.assert_close(model.forward_head(model.forward_features(*x), pre_logits=True), pooled)
-        assert model(*x).shape == (2, 5) and not model.head.training
+        assert fine(model(*x)).shape == (2, 5) and not model.head.training
     model.to(device="meta", dtype=torch.float64).train()
     model.reset_classifier(0)
     model.reset_classifier(3)
@@ -169,7 +179,7 @@ def test_creation_and_forward_on_the_meta_device(name):
     x = inputs(name, size=224, device="meta")  # shapes only: CAST reads no superpixel count from them
     assert model.forward_features(*x).is_meta
     model.to(torch.bfloat16)
-    out = model(x[0].to(torch.bfloat16), *x[1:])
+    out = fine(model(x[0].to(torch.bfloat16), *x[1:]))
     assert out.dtype == torch.bfloat16 and out.shape == (1, model.num_classes or model.num_features)
 
 
@@ -236,7 +246,7 @@ def test_features_only_hook_and_fx(name):
     assert [r.shape[1] for r in raw] == [t.shape[1] + 1 for t in tokens]
     for r, t in zip(raw, tokens):
         torch.testing.assert_close(r[:, 1:], t)
-    if name.startswith("cast"):
+    if takes_superpixels(name):
         with pytest.raises(ValueError, match="getter"):
             create(name, features_only=True, feature_cls="fx")
     else:
@@ -286,7 +296,7 @@ def _patterns(n: int) -> list[list[int]]:
 
 
 def test_prune_keeps_what_the_kept_intermediates_need(name):
-    model = create(name, drop_rate=0.5).eval() if name.startswith("cast") else create(name).eval()
+    model = create(name, drop_rate=0.5).eval() if takes_superpixels(name) else create(name).eval()
     x = inputs(name, batch=2)
     n = len(model.feature_info)
     with torch.no_grad():
@@ -295,9 +305,9 @@ def test_prune_keeps_what_the_kept_intermediates_need(name):
         kept = copy.deepcopy(model)
         assert kept.prune_intermediate_layers([n - 1], prune_head=False) == [n - 1]
         torch.testing.assert_close(kept(*x), expected)  # nothing the output needs was pruned
-    if name == "cast_tiny":  # every index pattern, with and without the norm
+    if name in ("cast_tiny", "hcast_tiny"):  # every index pattern, with and without the norm
         cases = list(itertools.product(_patterns(n), (False, True)))
-    elif name.startswith("cast"):  # the same code at other widths and depths: each stage once
+    elif takes_superpixels(name):  # the same code at other widths and depths: each stage once
         cases = [([i], i % 2 == 1) for i in range(n)] + [(list(range(n)), True)]
     else:
         cases = [([0], False), ([n - 1], True), ([0, n // 2], False), (list(range(n)), True)]

@@ -3,6 +3,7 @@
 - :mod:`.layers`: blocks shared by the families (ConvStem, LayerNorm, sin-cos positions);
 - :mod:`.cast`: CAST, registered as ``cast_tiny``, ``cast_small``, ``cast_small_deep``, ``cast_base``,
   ``cast_base_deep`` (with the published weights as pretrained tags, e.g. ``cast_small.deit_in1k``);
+- :mod:`.hcast`: H-CAST, CAST with one head per taxonomy level, registered as ``hcast_tiny``, ``hcast_small``;
 - :mod:`.vit_conv`: MoCo-v3's conv-stem ViT baseline, ``vit_conv_small`` / ``vit_conv_base``;
 - :mod:`.convert`: what the families' ``checkpoint_filter_fn`` share;
 - :mod:`.builder`, :mod:`.features`: what the families' timm factories share (device and dtype,
@@ -13,11 +14,13 @@ Importing this package registers every model with timm.
 """
 
 from .cast import CAST, VARIANTS, CastOutput, GraphPooling, checkpoint_filter_fn, infer_model_args, variant_of
+from .hcast import HCAST, HCAST_VARIANTS, hcast_checkpoint_filter_fn, level_classes_of
 from .vit_conv import VIT_VARIANTS, ConvStemViT
 
-MODEL_NAMES = tuple(VARIANTS)
+MODEL_NAMES = tuple(VARIANTS) + tuple(HCAST_VARIANTS)
 
 __all__ = [
-    "CAST", "CastOutput", "GraphPooling", "ConvStemViT", "checkpoint_filter_fn", "infer_model_args", "variant_of",
+    "CAST", "CastOutput", "GraphPooling", "HCAST", "HCAST_VARIANTS", "hcast_checkpoint_filter_fn", "level_classes_of",
+    "ConvStemViT", "checkpoint_filter_fn", "infer_model_args", "variant_of",
     "MODEL_NAMES", "VARIANTS", "VIT_VARIANTS",
 ]

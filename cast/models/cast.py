@@ -159,6 +159,11 @@ class CastOutput:
     segment_logits: list[torch.Tensor] | None  # 4 x [B, K_l, num_classes]: each segment's own token -> head
     padding: torch.Tensor  # [B, S] bool, superpixel ids with no cell on the feature grid
     features: torch.Tensor  # [B, C] final [CLS] feature (after ``norm``)
+    stage_cls: list[torch.Tensor] | None = None  # 4 x [B, C] raw [CLS] after each stage's blocks (before pooling)
+    # Hierarchical heads (H-CAST, :mod:`.hcast`); None for a flat CAST. Taxonomy levels fine -> coarse:
+    taxonomy_logits: list[torch.Tensor] | None = None  # L x [B, classes_t]: each taxonomy head on its [CLS]
+    taxonomy_tree_levels: tuple[int, ...] | None = None  # L: the tree level (1..3) whose segments each head reads
+    segment_taxonomy_logits: list[torch.Tensor] | None = None  # L x [B, K_l, classes_t]: that level's segments
 
 
 class CAST(
@@ -484,6 +489,7 @@ class CAST(
             segment_logits=[self.head(f) for f in segment_features] if has_head else None,
             padding=input_padding,
             features=features,
+            stage_cls=level_cls,
         )
 
     # -- metadata --------------------------------------------------------------------------

@@ -26,12 +26,13 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin, snapshot_download
 
 from ..errors import CheckpointFormatError, CheckpointMismatchError, WeightsNotAvailableError
+from ..taxonomy import Taxonomy
 from ..weights import ModelInfo
 
 __all__ = [
     "OwnFormatMixin", "CONFIG_NAME", "WEIGHTS_NAME", "WEIGHTS_INDEX_NAME", "WEIGHTS_PATTERNS", "FORMAT_NAME",
     "FORMAT_VERSION", "MAX_SHARD_SIZE", "has_weights",
-    "own_format_config", "write_own_format", "check_config", "read_config", "load_weights", "info_from_config",
+    "own_format_config", "write_own_format", "check_config", "check_taxonomy", "read_config", "load_weights", "info_from_config",
 ]
 
 CONFIG_NAME = "config.json"
@@ -177,7 +178,21 @@ def info_from_config(config: dict[str, Any], model: torch.nn.Module, source: str
     num_classes = int(getattr(model, "num_classes", 0))
     if info.class_names is not None and len(info.class_names) != num_classes:
         raise CheckpointFormatError(f"{source}: {len(info.class_names)} class names for {num_classes} outputs")
+    if info.taxonomy is not None:
+        check_taxonomy(info.taxonomy, model, source)
     return info
+
+
+def check_taxonomy(taxonomy: Taxonomy, model: torch.nn.Module, source: str) -> None:
+    """A taxonomy must have as many classes per level as a hierarchical model's heads (a flat model:
+    as many fine classes as its head)."""
+    levels = getattr(model, "level_classes", None)
+    if levels is not None and getattr(model, "num_classes", 0) > 0 and tuple(levels) != taxonomy.sizes:
+        raise CheckpointFormatError(f"{source}: the taxonomy has {'/'.join(map(str, taxonomy.sizes))} classes per level, "
+                                    f"the model's heads {'/'.join(map(str, levels))}", short="the taxonomy does not fit the model")
+    if levels is None and getattr(model, "num_classes", 0) not in (0, taxonomy.sizes[0]):
+        raise CheckpointFormatError(f"{source}: the taxonomy's finest level has {taxonomy.sizes[0]} classes, the model's "
+                                    f"head {model.num_classes}", short="the taxonomy does not fit the model")
 
 
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
