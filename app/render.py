@@ -358,6 +358,12 @@ def panel_html(info: SegmentInfo | None, table: dict[Level, np.ndarray], has_hea
         facts.append(("concepts", " → ".join(f"C{lv}-{k}" for lv, k in reversed(list(enumerate(info.concepts, start=1))))))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     out = [f'<div class="segment-panel" data-key="{info.key}"><h4>{title}</h4><table>{rows}</table>']
+    if info.taxonomy_predictions:
+        what = "the image's finest head" if info.key.is_root else "the segment's own token, through this level's head"
+        out.append(f'<h5 class="taxonomy-level">{html.escape(info.taxonomy_level or "")}: model says (from {what})</h5>'
+                   f'{_pred_rows(info.taxonomy_predictions)}')
+    elif info.key.is_node and info.taxonomy_level is None and has_head and not info.token_predictions:
+        out.append('<p class="muted">No taxonomy head reads this level.</p>')
     if not has_head:
         out.append('<p class="muted">This model has no classifier (self-supervised weights): no class predictions.</p>')
     else:
@@ -417,8 +423,41 @@ def concepts_html(tree: Hierarchy, thumbnails: dict[tuple[int, int], list[str]] 
 PLOT_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f"]
 
 
+def taxonomy_predictions_html(tree: Hierarchy, counts: list[int] | None = None) -> str:
+    """A hierarchical model's levels: the taxonomy level each tree level answers with its top-5, the
+    consistent path, and a mark when the heads' own answers are not a path of the taxonomy."""
+    assert tree.taxonomy is not None
+    counts = counts or tree.num_segments
+    t = tree.taxonomy
+    cols = []
+    for lv in range(1, len(counts) + 1):
+        answered = t.level_at(lv)
+        head = f"level {lv} · {counts[lv - 1]} segments"
+        if answered is None:
+            cols.append(f'<div class="level-col no-head"><h5>{head}</h5><p class="muted">no head reads this level</p></div>')
+            continue
+        top = answered.predictions[0][0] if answered.predictions else "–"
+        cols.append(f'<div class="level-col" data-taxonomy-level="{html.escape(answered.name)}"><h5>{head} · '
+                    f'{html.escape(answered.name)}: {html.escape(top)}</h5>{_pred_rows(answered.predictions)}</div>')
+    path = "".join(f'<span class="step">{html.escape(n)}</span>' for n in reversed(t.argmax_path))
+    lines = [f'<div class="taxonomy-path">heads say (coarse → fine): {path}</div>']
+    if t.heads_agree is False:
+        consistent = " → ".join(html.escape(n) for n in reversed(t.consistent_path or []))
+        lines.append(f'<div class="taxonomy-disagree">⚠ the heads disagree: their answers are not a path of the taxonomy. '
+                     f'Consistent path: {consistent}</div>')
+    elif t.heads_agree:
+        lines.append('<div class="taxonomy-agree">✓ the heads agree: their answers form a path of the taxonomy '
+                     '(the consistent path)</div>')
+    else:
+        lines.append('<div class="muted">no taxonomy loaded: the levels cannot be checked against each other</div>')
+    return f'<div class="level-preds taxonomy"><div class="level-cols">{"".join(cols)}</div>{"".join(lines)}</div>'
+
+
 def level_predictions_html(tree: Hierarchy, counts: list[int] | None = None) -> str:
-    """Top-5 per level and a line plot of the leading classes' probability from level 1 to 4."""
+    """Top-5 per level and a line plot of the leading classes' probability from level 1 to 4 (a
+    hierarchical model: :func:`taxonomy_predictions_html`)."""
+    if tree.taxonomy is not None:
+        return taxonomy_predictions_html(tree, counts)
     if not tree.level_predictions:
         return '<div class="level-preds muted">This model has no classifier: no per-level predictions.</div>'
     counts = counts or tree.num_segments
@@ -497,7 +536,7 @@ __all__ = [
     "colours", "view_colours", "baseline_colours", "overlay", "view_overlay", "base_overlay", "select_overlay", "encode_png",
     "OverlayStyle", "compare_images", "annotate_overlay", "regions_html", "region_colour",
     "icicle_layout", "icicle_html", "panel_html", "concepts_html",
-    "level_predictions_html", "breadcrumb_html", "boundaries", "compare_summary",
+    "level_predictions_html", "taxonomy_predictions_html", "breadcrumb_html", "boundaries", "compare_summary",
 ]
 
 

@@ -28,7 +28,7 @@ from cast.annotations import Annotations
 from cast.exports import coco_dataset, coco_record, labelstudio_config, labelstudio_record, labelstudio_tasks, write_json
 from cast.image import ImageInput
 from cast.models.hub_mixin import has_weights
-from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, bundled_dir
+from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, BUNDLED_HCAST, bundled_dir
 
 from .autosave import AutosaveStore
 from .config import AppConfig, model_device
@@ -117,6 +117,9 @@ class ModelStore:
 
     def _scan(self) -> list[ModelChoice]:
         out = [ModelChoice(BUNDLED, "bundled: cast_tiny, PartShapes (offline)", "bundled")]
+        if (bundled_dir(BUNDLED_HCAST) / "config.json").is_file():
+            out.append(ModelChoice(BUNDLED_HCAST, "bundled_hcast: H-CAST cast_tiny, class and group heads, PartShapes (offline)",
+                                   "bundled"))
         if (bundled_dir(BUNDLED_CONCEPTS) / "concepts.json").is_file():
             out.append(ModelChoice(BUNDLED_CONCEPTS, "bundled_hirl: cast_tiny + HIRL concepts, PartShapes, self-supervised (offline)",
                                    "bundled"))
@@ -140,7 +143,7 @@ class ModelStore:
                 arch = str(json.loads(config.read_text()).get("architecture", ""))
             except (OSError, ValueError):
                 continue
-            if arch.startswith("cast") and has_weights(config.parent):
+            if arch.startswith(("cast", "hcast")) and has_weights(config.parent):
                 found.append(config.parent.resolve())
         return found
 
@@ -153,7 +156,7 @@ class ModelStore:
         if name in PUBLISHED:
             w = PUBLISHED[name]
             return hub.is_cached(w.hub_repo, w.hub_file)
-        if Path(name).exists() or name == BUNDLED or name == BUNDLED_CONCEPTS:
+        if Path(name).exists() or name in (BUNDLED, BUNDLED_CONCEPTS, BUNDLED_HCAST):
             return True
         return name.count("/") == 1 and hub.is_cached(name, "config.json")
 

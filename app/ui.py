@@ -65,6 +65,9 @@ CSS = """
 svg.trend text { font-size: 11px; } svg.trend text.tick { fill: currentColor; }
 svg.trend .axis { stroke: currentColor; stroke-opacity: 0.5; }
 .muted { opacity: 0.7; } .small { font-size: 0.8em; }
+.taxonomy-path .step + .step::before { content: " → "; opacity: 0.6; }
+.taxonomy-path, .taxonomy-agree, .taxonomy-disagree { margin-top: 8px; }
+.taxonomy-disagree { color: #b3261e; font-weight: 600; } .taxonomy-agree { color: #2e7d32; }
 #notice { border-left: 4px solid #f28e2b; padding-left: 8px; }
 .concepts .concept-step { display: flex; align-items: center; gap: 8px; margin: 3px 0; }
 .concepts .cid { font-weight: 700; width: 56px; } .concepts .conf { width: 40px; font-variant-numeric: tabular-nums; }

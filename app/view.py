@@ -49,6 +49,9 @@ class SegmentInfo:
     masked_predictions: list[tuple[str, float]] | None  # the segment alone (masked image), on demand
     bbox: tuple[int, int, int, int] | None = None
     concepts: list[int] | None = None  # nearest semantic prototype per concept level (HIRL models)
+    # hierarchical models (H-CAST): the segment's own token through the head of its level, and that level's name
+    taxonomy_predictions: list[tuple[str, float]] | None = None
+    taxonomy_level: str | None = None
 
     @property
     def level(self) -> Level:
@@ -182,6 +185,10 @@ class View:
             raise KeyError(f"no segment {key} in this tree")
         if key.is_root:
             preds = tree.level_predictions[3] if tree.level_predictions else None
+            if tree.taxonomy is not None:  # the finest head's answer for the whole image
+                fine = tree.taxonomy.levels[0]
+                return SegmentInfo(ROOT, 1.0, None, [n.key for n in tree.nodes_at(4)], [ROOT], None, None,
+                                   taxonomy_predictions=fine.predictions, taxonomy_level=fine.name)
             return SegmentInfo(ROOT, 1.0, None, [n.key for n in tree.nodes_at(4)], [ROOT], preds, None)
         if key.is_superpixel:
             w, h = tree.size
@@ -191,9 +198,11 @@ class View:
         node = tree.node(key)
         w, h = tree.size
         children = [SegmentKey(Level(node.level - 1), c) for c in node.children]
+        answered = tree.taxonomy.level_at(node.level) if tree.taxonomy is not None else None
         return SegmentInfo(
             key, node.area / (w * h), node.parent_key, children, tree.path_keys(key),
             node.predictions, tree.segment_predictions.get(key), node.bbox, node.concepts,
+            node.taxonomy_predictions, answered.name if answered is not None else None,
         )
 
     def needs_recognition(self) -> bool:

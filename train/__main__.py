@@ -68,6 +68,14 @@ def cmd_concepts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_training_run(model: str) -> bool:
+    from pathlib import Path
+
+    p = Path(model)
+    return (p.is_dir() and (p / "config.yaml").is_file() and any((p / n).is_file() for n in ("best.pt", "last.pt"))) or (
+        p.is_file() and p.suffix == ".pt")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -78,8 +86,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         data = load_eval_data(args.data, n=args.n, image_size=args.image_size)
         ref = load_eval_data(args.ref, n=args.ref_n, image_size=args.image_size) if args.ref else None
-        result = evaluate(args.model, data, model_label_n=args.model_label_n, ref=ref, ref_n=args.ref_n)
-    except (CastError, FileNotFoundError) as e:
+        if _is_training_run(args.model):  # a run with no CAST Explorer format (Hier-ViT): taxonomy metrics only
+            from .evaluate import evaluate_run
+
+            result = evaluate_run(args.model, data)
+        else:
+            result = evaluate(args.model, data, model_label_n=args.model_label_n, ref=ref, ref_n=args.ref_n,
+                              taxonomy=args.taxonomy)
+    except (CastError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"evaluate failed: {e}", file=sys.stderr)
         return 1
     print(format_table(result))
@@ -129,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(func=cmd_export)
 
     ev = sub.add_parser("evaluate", help="hierarchical part/object segmentation metrics of a model")
-    ev.add_argument("--model", required=True, help="anything cast.load_model accepts (CAST or a ViT baseline)")
+    ev.add_argument("--model", required=True, help="anything cast.load_model accepts (CAST, H-CAST or a ViT baseline), "
+                    "or a Hier-ViT training run folder (taxonomy metrics only)")
     ev.add_argument("--data", default="partshapes:test", help="partshapes:SPLIT[:N] or a folder in the export layout")
     ev.add_argument("--n", type=int, default=None, help="images to evaluate (default: all / 500 rendered)")
     ev.add_argument("--size", "--image-size", dest="image_size", type=int, default=160,
@@ -137,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--model-label-n", type=int, default=50, help="images for protocol (ii), model labelling")
     ev.add_argument("--ref", default="partshapes:train", help="reference split for part prototypes ('' to skip)")
     ev.add_argument("--ref-n", type=int, default=100)
+    ev.add_argument("--taxonomy", default=None, metavar="FILE",
+                    help="class names per level and parents, for per-level top-1, FPA and TICE (H-CAST)")
     ev.add_argument("--out", default=None, help="folder for the JSON results")
     ev.add_argument("--name", default=None, help="results file name (default: model folder name)")
     ev.set_defaults(func=cmd_evaluate)

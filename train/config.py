@@ -24,6 +24,10 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str = "cast_tiny"  # registered name: cast_* (cast.MODEL_NAMES) or a timm ViT (the baseline)
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model (drop_path_rate, ...)
+    # start from these weights (a checkpoint file, published name or own-format folder, cast.load_model's
+    # sources): every backbone tensor that fits is taken, positions interpolated to the input size, heads of
+    # another shape (a flat CAST's head for H-CAST's) left freshly initialised
+    init: str = ""
 
 
 @dataclass
@@ -107,6 +111,15 @@ class HirlConfig:
 
 
 @dataclass
+class TaxonomyConfig:
+    # classes per level for hierarchical heads (hcast_* models; a ViT baseline gets per-level heads too):
+    # "" (flat), "partshapes" (10 classes -> 3 groups), "partshapes3" (-> 3 groups -> 2 kinds), or a
+    # taxonomy JSON file (cast.taxonomy) whose finest level is the dataset's classes, in its order
+    file: str = ""
+    tree_kl_weight: float = 0.5  # weight of the tree-path KL term beside the per-level cross-entropies
+
+
+@dataclass
 class RunConfig:
     out_dir: str = "runs"  # run folders are created inside
     name: str = ""  # run folder name (default: config file stem)
@@ -135,6 +148,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     moco: MocoConfig = field(default_factory=MocoConfig)
     hirl: HirlConfig = field(default_factory=HirlConfig)
+    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def validate(self) -> TrainConfig:
@@ -158,6 +172,12 @@ class TrainConfig:
                 raise ConfigError(f"hirl.num_prototypes must decrease from fine to coarse, got {h.num_prototypes}")
             if h.warmup_epochs < 0 or h.recluster_every < 1 or h.num_negatives < 1 or h.representatives < 0:
                 raise ConfigError("hirl: warmup_epochs >= 0, recluster_every >= 1, num_negatives >= 1, representatives >= 0")
+        if self.taxonomy.file and self.objective != "supervised":
+            raise ConfigError("taxonomy.file needs objective: supervised (per-level heads are trained on labels)")
+        if self.model.name.startswith("hcast") and not self.taxonomy.file:
+            raise ConfigError(f"{self.model.name} has one head per taxonomy level: set taxonomy.file")
+        if self.taxonomy.tree_kl_weight < 0:
+            raise ConfigError("taxonomy.tree_kl_weight must be >= 0")
         if self.data.superpixels.method not in ("seeds", "slic"):
             raise ConfigError(f"data.superpixels.method must be seeds or slic, got {self.data.superpixels.method!r}")
         return self

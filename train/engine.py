@@ -16,20 +16,47 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 import cast
+from cast.taxonomy import Taxonomy
 
 from . import distributed as D
 from .checkpoint import find_resume, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import TrainConfig, config_to_dict
+from .config import ConfigError, TrainConfig, config_to_dict
 from .data.build import Datasets, build_datasets, build_loader
 from .data.views import sample_seed
+from .hier_vit import HierViT
 from .hirl import HIRL
-from .objectives import MoCoV3, Objective, Supervised, encode, knn_top1
+from .objectives import Hierarchical, MoCoV3, Objective, Supervised, encode, knn_top1
 
-__all__ = ["Trainer", "build_model", "build_objective", "fit"]
+__all__ = ["Trainer", "build_model", "build_objective", "fit", "load_taxonomy", "hierarchical", "init_from",
+           "level_predictions", "valid_paths"]
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
-    """CAST (any registered ``cast_*``) or a timm ViT baseline at the configured input size."""
+def load_taxonomy(cfg: TrainConfig, class_names: list[str] | None = None) -> Taxonomy | None:
+    """The configured taxonomy (``taxonomy.file``), checked against the dataset's classes."""
+    spec = cfg.taxonomy.file
+    if not spec:
+        return None
+    if spec in ("partshapes", "partshapes3"):
+        from .data.partshapes import partshapes_taxonomy
+
+        taxonomy = partshapes_taxonomy(3 if spec == "partshapes3" else 2)
+    else:
+        taxonomy = cast.load_taxonomy(spec)
+    if class_names is not None and list(taxonomy.classes[0]) != list(class_names):
+        raise ConfigError(f"taxonomy.file {spec}: its finest level must be the dataset's {len(class_names)} classes in "
+                          f"their order ({', '.join(class_names[:5])}...), got {', '.join(taxonomy.classes[0][:5])}...")
+    return taxonomy
+
+
+def hierarchical(cfg: TrainConfig) -> bool:
+    """Whether the configured model has one head per taxonomy level (``hcast_*``, or a ViT with a taxonomy:
+    Hier-ViT); a flat ``cast_*`` with a taxonomy trains its one head, and is read up the tree."""
+    return bool(cfg.taxonomy.file) and (cfg.model.name.startswith("hcast") or cfg.model.name not in cast.MODEL_NAMES)
+
+
+def build_model(cfg: TrainConfig, num_classes: int, taxonomy: Taxonomy | None = None) -> nn.Module:
+    """CAST (any registered ``cast_*`` / ``hcast_*``) or a timm ViT baseline (Hier-ViT with a taxonomy)
+    at the configured input size."""
     import timm
 
     kwargs = dict(cfg.model.kwargs)
@@ -37,6 +64,11 @@ def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     n = num_classes if cfg.objective == "supervised" else 0
     if cfg.model.name in cast.MODEL_NAMES:
         kwargs.setdefault("pos_embed", "learned" if cfg.objective == "supervised" else "sincos")
+    if taxonomy is not None and hierarchical(cfg):
+        if cfg.model.name in cast.MODEL_NAMES:
+            return timm.create_model(cfg.model.name, level_classes=taxonomy.sizes, **kwargs)
+        kwargs.pop("level_classes", None)
+        return HierViT(timm.create_model(cfg.model.name, num_classes=0, **kwargs), taxonomy.sizes)
     return timm.create_model(cfg.model.name, num_classes=n, **kwargs)
 
 
@@ -44,13 +76,37 @@ def model_kwargs(model: nn.Module, cfg: TrainConfig) -> dict[str, Any]:
     """Arguments that rebuild ``model`` with ``timm.create_model(cfg.model.name, **kwargs)``."""
     if isinstance(model, cast.CAST):
         return dict(model.model_args)
+    if isinstance(model, HierViT):
+        return {**cfg.model.kwargs, "img_size": cfg.data.image_size, "num_classes": 0, "level_classes": model.level_classes}
     return {**cfg.model.kwargs, "img_size": cfg.data.image_size, "num_classes": getattr(model, "num_classes", 0)}
 
 
-def build_objective(cfg: TrainConfig, model: nn.Module, num_classes: int, num_train: int) -> Objective:
-    """The configured objective around ``model``: supervised, MoCo-v3, or MoCo-v3 + HIRL."""
+def init_from(model: nn.Module, source: str) -> dict[str, list[str]]:
+    """Start ``model`` from the weights of ``source`` (``cast.load_model``'s sources): every tensor whose
+    name and shape fit is copied, learned positions are resampled to the model's grid, the rest (heads of
+    another shape) keep their fresh initialisation. Returns what was left fresh and what was not used."""
+    from timm.layers import resample_abs_pos_embed
+
+    theirs = cast.load_model(source).state_dict()
+    mine = model.state_dict()
+    if "pos_embed" in theirs and "pos_embed" in mine and theirs["pos_embed"].shape != mine["pos_embed"].shape:
+        prefix = 1 if getattr(model, "pos_embed_type", "learned") == "learned" else 0
+        side = int(round((mine["pos_embed"].shape[1] - prefix) ** 0.5))
+        theirs["pos_embed"] = resample_abs_pos_embed(theirs["pos_embed"], [side, side], num_prefix_tokens=prefix)
+    taken = {k: v for k, v in theirs.items() if k in mine and mine[k].shape == v.shape}
+    model.load_state_dict(taken, strict=False)
+    return {"fresh": sorted(set(mine) - set(taken)), "unused": sorted(set(theirs) - set(taken))}
+
+
+def build_objective(cfg: TrainConfig, model: nn.Module, num_classes: int, num_train: int,
+                    taxonomy: Taxonomy | None = None) -> Objective:
+    """The configured objective around ``model``: supervised (per taxonomy level for a hierarchical
+    model), MoCo-v3, or MoCo-v3 + HIRL."""
     if cfg.objective == "supervised":
         a = cfg.aug
+        if taxonomy is not None and hierarchical(cfg):
+            return Hierarchical(model, torch.as_tensor(taxonomy.paths()), taxonomy.sizes, a.mixup, a.cutmix, a.mix_prob,
+                                a.label_smoothing, cfg.taxonomy.tree_kl_weight)
         return Supervised(model, num_classes, a.mixup, a.cutmix, a.mix_prob, a.label_smoothing)
     m = cfg.moco
     moco = dict(dim=m.dim, mlp_dim=m.mlp_dim, temperature=m.temperature, momentum=m.momentum)
@@ -83,10 +139,15 @@ class Trainer:
         self.run_dir = Path(cfg.run.out_dir) / (cfg.run.name or "run")
         self.data: Datasets = build_datasets(cfg)
         self.num_classes = len(self.data.class_names)
-        self.model = build_model(cfg, self.num_classes)
+        self.taxonomy = load_taxonomy(cfg, self.data.class_names)
+        self.model = build_model(cfg, self.num_classes, self.taxonomy)
+        if cfg.model.init and find_resume(resume, self.run_dir) is None:
+            report = init_from(self.model, cfg.model.init)
+            self._log_line({"event": "init", "from": cfg.model.init, "fresh": report["fresh"][:20],
+                            "unused": report["unused"][:20]})
         if self._use_grad_checkpointing():
             self.model.set_grad_checkpointing(True)
-        self.objective: Objective = build_objective(cfg, self.model, self.num_classes, len(self.data.train))
+        self.objective: Objective = build_objective(cfg, self.model, self.num_classes, len(self.data.train), self.taxonomy)
         cuda = self.device.type == "cuda"
         if cuda and self.dist.distributed:
             self.objective = nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
@@ -172,6 +233,7 @@ class Trainer:
             "model_name": self.cfg.model.name,
             "model_kwargs": model_kwargs(self.model, self.cfg),
             "class_names": self.data.class_names,
+            "taxonomy": None if self.taxonomy is None else self.taxonomy.to_dict(),
         }
 
     def save(self, name: str) -> None:
@@ -410,6 +472,8 @@ class Trainer:
         loader = build_loader(self.data.val, self.cfg.run.batch_size, train=False, seed=0,
                               world_size=self.dist.world_size, rank=self.dist.rank,
                               num_workers=self.cfg.data.num_workers, pin_memory=False)
+        if self.taxonomy is not None:
+            return self._validate_taxonomy(loader)
         correct = total = 0.0
         for batch in loader:
             x, sp, y = self._to_device(batch)
@@ -419,6 +483,28 @@ class Trainer:
             total += float(y.numel())
         correct, total = D.all_reduce_sum([correct, total], self.device)
         return {"top1": correct / max(total, 1.0)}
+
+    def _validate_taxonomy(self, loader: Any) -> dict[str, float]:
+        """Per-level top-1, full-path accuracy and tree-inconsistency error (``top1`` = the fine level's)."""
+        assert self.taxonomy is not None
+        paths = torch.as_tensor(self.taxonomy.paths(), device=self.device)
+        counts = torch.zeros(self.taxonomy.num_levels + 3, device=self.device)  # per-level right, full path, bad path, n
+        for batch in loader:
+            x, sp, y = self._to_device(batch)
+            with self.autocast():
+                logits = encode(self.model, x, sp)
+            predicted = level_predictions(logits, paths)
+            truth = paths[y]
+            right = predicted == truth
+            counts[: truth.shape[1]] += right.sum(0)
+            counts[-3] += right.all(1).sum()
+            counts[-2] += (~valid_paths(predicted, paths)).sum()
+            counts[-1] += y.numel()
+        values = D.all_reduce_sum(counts.tolist(), self.device)
+        n = max(values[-1], 1.0)
+        names = self.taxonomy.level_names
+        out = {f"top1_{names[t]}": values[t] / n for t in range(len(names))}
+        return {"top1": values[0] / n, **out, "fpa": values[-3] / n, "tice": values[-2] / n}
 
     def _features(self, ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features ``[N, D]`` and labels ``[N]`` of a whole dataset, on this process."""
@@ -430,6 +516,19 @@ class Trainer:
             fs.append(encode(self.model, x, sp).float().cpu())
             ys.append(y.cpu())
         return torch.cat(fs), torch.cat(ys)
+
+
+def level_predictions(logits: Any, paths: torch.Tensor) -> torch.Tensor:
+    """``[B, L]`` class per taxonomy level: each head's argmax, or for a flat model (one logits tensor
+    over the fine classes) the fine argmax read up the tree."""
+    if isinstance(logits, (tuple, list)):
+        return torch.stack([lg.argmax(1) for lg in logits], dim=1)
+    return paths[logits.argmax(1)]
+
+
+def valid_paths(predicted: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: whether each predicted tuple is a path of the taxonomy (a row of ``paths``)."""
+    return (predicted[:, None, :] == paths[None]).all(-1).any(-1)
 
 
 class _Window:

@@ -18,6 +18,14 @@ Per level 1 (finest) .. 4 (coarsest):
 - **boundary F-score** (2 px tolerance) against ground-truth part boundaries.
 Plus top-1 accuracy, GMACs per image and segmentation throughput (images/s, end to end).
 
+**Taxonomy metrics** (``"taxonomy"`` in the results; H-CAST's): for a model with a taxonomy (one it
+carries, ``--taxonomy FILE``, or PartShapes' own when the data is PartShapes and the sizes fit):
+per-level top-1, full-path accuracy (FPA: every level right), tree-inconsistency error (TICE: share of
+predicted tuples that are not a path) and, for hierarchical heads, the FPA of the consistent path.
+A hierarchical model's levels are its heads' argmaxes; a flat model's are its fine prediction read up
+the tree (so its TICE is 0). A Hier-ViT training run (``--model RUN_DIR`` or its ``.pt``; no CAST
+Explorer format) gets the taxonomy metrics only.
+
 ``DATASET`` is ``partshapes:SPLIT[:N]`` (rendered) or a folder in the export layout
 (``images/<class>/*.png``, ``part_masks/<class>/*.png``, ``object_masks/<class>/*.png``,
 optional ``meta.json``), e.g. PartImageNet converted to it.
@@ -38,10 +46,11 @@ from PIL import Image
 import cast
 from cast.hierarchy import Hierarchy
 from cast.segmenter import Segmenter
+from cast.taxonomy import Taxonomy, hierarchical_metrics
 
 from .metrics import boundary_f, boundary_recall, consistency, miou, oracle_labels
 
-__all__ = ["EvalData", "load_eval_data", "evaluate", "masked_segments"]
+__all__ = ["EvalData", "load_eval_data", "evaluate", "evaluate_run", "masked_segments", "taxonomy_for"]
 
 LEVELS = (1, 2, 3, 4)
 GREY = 128
@@ -179,13 +188,68 @@ def _map_metrics(add: Any, lv: int, m: np.ndarray, part: np.ndarray, gt_obj: np.
     add("boundary_recall" + suffix, lv, boundary_recall(m, part))
 
 
+def taxonomy_for(seg: Segmenter, data: EvalData) -> Taxonomy | None:
+    """The taxonomy the model's levels are scored against: its own, else PartShapes' when the data
+    is PartShapes and the model's heads (or its one head, then the 2-level one) fit it."""
+    if seg.info.taxonomy is not None:
+        return seg.info.taxonomy
+    if not data.name.startswith("partshapes"):
+        return None
+    from .data.partshapes import CLASSES, partshapes_taxonomy
+
+    levels = getattr(seg.model, "level_classes", None)
+    if levels is not None:
+        return partshapes_taxonomy(len(levels)) if len(levels) in (2, 3) else None
+    if seg.has_head and list(seg.info.class_names or []) == list(CLASSES):  # a flat model: read up the 2-level tree
+        return partshapes_taxonomy(2)
+    return None
+
+
+def _taxonomy_ids(tree: Hierarchy, taxonomy: Taxonomy, fine: int | None) -> tuple[list[int] | None, list[int] | None]:
+    """(predicted class per level, consistent path) of one tree; a flat model's fine class read up the tree."""
+    if tree.taxonomy is not None:
+        ids = [taxonomy.classes[t].index(name) for t, name in enumerate(tree.taxonomy.argmax_path)]
+        path = tree.taxonomy.consistent_path
+        return ids, None if path is None else [taxonomy.classes[t].index(n) for t, n in enumerate(path)]
+    if fine is None:
+        return None, None
+    return list(taxonomy.ancestors(fine)), None
+
+
+def _fine_prediction(seg: Segmenter, tree: Hierarchy) -> int | None:
+    """The class the model gives the whole image (index into its class names)."""
+    names = seg.info.class_names
+    if names is None:
+        return None
+    if tree.taxonomy is not None:
+        return names.index(tree.taxonomy.argmax_path[0])
+    if tree.level_predictions is not None:
+        return names.index(tree.level_predictions[3][0][0])
+    return None
+
+
+def taxonomy_summary(taxonomy: Taxonomy, predicted: list[list[int]], truth: list[list[int]],
+                     consistent: list[list[int]]) -> dict[str, Any] | None:
+    if not predicted:
+        return None
+    m = hierarchical_metrics(np.array(predicted), np.array(truth), taxonomy)
+    out: dict[str, Any] = {"levels": list(taxonomy.level_names), **m}
+    if consistent and len(consistent) == len(truth):
+        out["fpa_consistent"] = float(np.mean([c == t for c, t in zip(consistent, truth)]))
+    return out
+
+
 def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData | None = None,
-             ref_n: int = 100, progress: bool = True) -> dict[str, Any]:
+             ref_n: int = 100, progress: bool = True, taxonomy: str | None = None) -> dict[str, Any]:
     """Run every metric; returns a JSON-ready dict (per-level means and model facts)."""
     from torch.utils.flop_counter import FlopCounterMode
     from tqdm import tqdm
 
-    seg = cast.load_segmenter(source)
+    seg = cast.load_segmenter(source, taxonomy=taxonomy)
+    tax = taxonomy_for(seg, data)
+    tax_pred: list[list[int]] = []
+    tax_true: list[list[int]] = []
+    tax_consistent: list[list[int]] = []
     use_model = seg.has_head and model_label_n > 0
     protos = part_prototypes(seg, ref, ref_n) if use_model and ref is not None else {}
     acc: dict[str, dict[int, list[float]]] = {}
@@ -201,12 +265,17 @@ def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData
         tree = seg(image)
         seg_time += time.perf_counter() - t
         gt_obj = np.where(obj > 0, label + 1, 0)
-        predicted = None
-        if tree.level_predictions is not None:
-            names = seg.info.class_names
-            predicted = names.index(tree.level_predictions[3][0][0])
+        predicted = _fine_prediction(seg, tree)
+        if predicted is not None:
             correct += int(predicted == label)
             counted += 1
+        if tax is not None:
+            ids, path = _taxonomy_ids(tree, tax, predicted)
+            if ids is not None:
+                tax_pred.append(ids)
+                tax_true.append(list(tax.ancestors(int(label))))
+            if path is not None:
+                tax_consistent.append(path)
         nearest = tree.nearest_label_maps() if image.shape[0] > seg.input_size or image.shape[1] > seg.input_size else None
         for lv in LEVELS:
             m = tree.label_maps[lv - 1]
@@ -226,6 +295,7 @@ def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData
         "model": str(source), "architecture": seg.info.name, "data": data.name, "images": len(data),
         "model_label_images": min(model_label_n, len(data)) if use_model else 0,
         "top1": correct / counted if counted else None,
+        "taxonomy": taxonomy_summary(tax, tax_pred, tax_true, tax_consistent) if tax is not None else None,
         "gmacs": counter.get_total_flops() / 2e9,
         "images_per_s": len(data) / seg_time if seg_time else None,
         "levels": levels,
@@ -233,6 +303,11 @@ def evaluate(source: str, data: EvalData, model_label_n: int = 50, ref: EvalData
 
 
 def format_table(result: dict[str, Any]) -> str:
+    if not result.get("levels"):  # a run evaluated on its taxonomy only (Hier-ViT)
+        tax = result["taxonomy"]
+        levels = ", ".join(f"{n} {v:.3f}" for n, v in zip(tax["levels"], tax["top1"]))
+        return (f"{result['architecture']} on {result['data']} ({result['images']} images): taxonomy top-1 per level "
+                f"{levels}; FPA {tax['fpa']:.3f}; TICE {tax['tice']:.3f}")
     cols = ["num_segments", "object_miou_oracle", "part_miou_oracle", "object_miou_model", "part_miou_model",
             "consistency", "boundary_f"]
     head = "| level | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols) + "\n"
@@ -242,6 +317,12 @@ def format_table(result: dict[str, Any]) -> str:
     top1 = "n/a" if result["top1"] is None else f"{result['top1']:.3f}"
     text = (f"{result['architecture']} on {result['data']} ({result['images']} images): top-1 {top1}, "
             f"{result['gmacs']:.3f} GMACs, {result['images_per_s']:.1f} images/s\n\n" + head + "\n".join(rows))
+    tax = result.get("taxonomy")
+    if tax:
+        levels = ", ".join(f"{n} {v:.3f}" for n, v in zip(tax["levels"], tax["top1"]))
+        text += f"\n\ntaxonomy: top-1 per level {levels}; FPA {tax['fpa']:.3f}; TICE {tax['tice']:.3f}"
+        if "fpa_consistent" in tax:
+            text += f"; FPA of the consistent path {tax['fpa_consistent']:.3f}"
     first = result["levels"].get("1", {})
     if "part_miou_oracle_nearest" in first:
         text += ("\n\nlevel 1, refined boundaries vs nearest lookup: part mIoU (oracle) "
@@ -250,3 +331,41 @@ def format_table(result: dict[str, Any]) -> str:
                  f"{first['boundary_f']:.3f} vs {first['boundary_f_nearest']:.3f}")
     return text
 
+
+
+def evaluate_run(run: str | Path, data: EvalData, progress: bool = True) -> dict[str, Any]:
+    """Taxonomy metrics of a training run's model straight from its checkpoint (``RUN_DIR`` -> ``best.pt``,
+    or a ``.pt``): for models with no CAST Explorer format (Hier-ViT). Images are resized to the model's
+    input (no crop), as every segmenter does."""
+    from tqdm import tqdm
+
+    from .checkpoint import load_checkpoint
+    from .config import config_from_dict
+    from .engine import build_model, level_predictions, load_taxonomy
+    from .objectives import encode
+
+    path = Path(run)
+    if path.is_dir():
+        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).is_file()), path / "best.pt")
+    ckpt = load_checkpoint(path)
+    cfg = config_from_dict(ckpt["config"])
+    taxonomy = Taxonomy.from_dict(ckpt["taxonomy"]) if ckpt.get("taxonomy") else load_taxonomy(cfg)
+    if taxonomy is None:
+        raise ValueError(f"{path}: this run trained on no taxonomy")
+    model = build_model(cfg, len(ckpt["class_names"]), taxonomy)
+    model.load_state_dict({k[len("model."):]: v for k, v in ckpt["model"].items() if k.startswith("model.")})
+    model.eval()
+    size = cfg.data.image_size
+    mean, std = torch.tensor(cast.weights.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(cast.weights.IMAGENET_STD).view(3, 1, 1)
+    paths = torch.as_tensor(taxonomy.paths())
+    predicted, truth = [], []
+    for i in tqdm(range(len(data)), desc=f"evaluate {path.parent.name}", unit="img", disable=not progress):
+        image, label, _, _ = data.samples[i]
+        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+        x = ((torch.from_numpy(resized).permute(2, 0, 1) - mean) / std)[None]
+        with torch.no_grad():
+            predicted.append(level_predictions(encode(model, x, torch.zeros(1, size, size, dtype=torch.long)), paths)[0].tolist())
+        truth.append(list(taxonomy.ancestors(int(label))))
+    return {"model": str(run), "architecture": f"hier-{ckpt['model_name']}", "data": data.name, "images": len(data),
+            "top1": float(np.mean([p[0] == t[0] for p, t in zip(predicted, truth)])),
+            "taxonomy": taxonomy_summary(taxonomy, predicted, truth, []), "levels": {}}

@@ -125,8 +125,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", us
     ckpt = load_checkpoint(_pick_checkpoint(run_dir, which))
     cfg = config_from_dict(ckpt["config"])
     name = ckpt["model_name"]
+    if "level_classes" in ckpt["model_kwargs"] and not name.startswith("hcast"):
+        raise ExportError(f"{run_dir}: a Hier-ViT run (a baseline with per-level heads) has no CAST Explorer model format; "
+                          "evaluate it from its checkpoint (python -m train evaluate-taxonomy)")
     try:
-        model = build_model(name, **ckpt["model_kwargs"])  # CAST, or a ViT baseline
+        model = build_model(name, **ckpt["model_kwargs"])  # CAST, H-CAST, or a ViT baseline
     except cast.WeightsNotAvailableError as e:
         raise ExportError(str(e)) from None
     if use_ema:
@@ -138,7 +141,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", us
     model.load_state_dict(state, strict=True)
     model.eval()
     sp = cfg.data.superpixels
-    metrics = {k: v for rec in ckpt.get("history", []) for k, v in rec.items() if k in ("top1", "knn_top1")}
+    kept = ("top1", "knn_top1", "fpa", "tice")
+    metrics = {k: v for rec in ckpt.get("history", []) for k, v in rec.items() if k in kept or k.startswith("top1_")}
     metrics.update({"epochs_trained": ckpt["epoch"], "steps": ckpt["step"]})
     if ckpt.get("best_metric") not in (None, float("-inf")):
         metrics["best_val_metric"] = float(ckpt["best_metric"])
@@ -149,6 +153,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, which: str = "best", us
         class_names=list(ckpt["class_names"]) if getattr(model, "num_classes", 0) > 0 else None,
         source=str(out_dir), extra={"objective": cfg.objective, "dataset": cfg.data.dataset, "metrics": metrics,
                                     "run": run_dir.name},
+        taxonomy=cast.Taxonomy.from_dict(ckpt["taxonomy"]) if ckpt.get("taxonomy") else None,
     )
     save_own_format(model, out_dir, dtype=torch.float16 if half else None)
     if any(k.startswith("concepts.") for k in ckpt["model"]):

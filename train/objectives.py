@@ -6,6 +6,7 @@ MoCo momentum schedule) and :meth:`Objective.extra_metrics` (validation numbers 
 
 - :class:`Supervised`: DeiT-style cross-entropy with label smoothing and mixup / cutmix (timm's
   Mixup maths; cutmix also cuts and pastes the superpixel maps).
+- :class:`Hierarchical`: H-CAST's per-level soft-target cross-entropy + tree-path KL.
 - :class:`MoCoV3`: MoCo-v3 — query encoder (backbone + projector + predictor), momentum key
   encoder, symmetric InfoNCE over the global batch.
 """
@@ -28,7 +29,7 @@ import cast
 
 from . import distributed as D
 
-__all__ = ["Objective", "Supervised", "MoCoV3", "SuperpixelMixup", "encode", "takes_superpixels", "Embedder"]
+__all__ = ["Objective", "Supervised", "Hierarchical", "MoCoV3", "SuperpixelMixup", "encode", "takes_superpixels", "Embedder"]
 
 # Embeds every image of the objective's clustering bank on every rank and gathers the result:
 # ``() -> (features [N, D], dataset indices [N])``.
@@ -58,6 +59,12 @@ class SuperpixelMixup(Mixup):
 
     def __call__(self, x: torch.Tensor, sp: torch.Tensor, target: torch.Tensor  # type: ignore[override]
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, sp, lam = self.mix(x, sp)
+        return x, sp, mixup_target(target, self.num_classes, float(lam), self.label_smoothing)
+
+    def mix(self, x: torch.Tensor, sp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Mix the batch with its reverse (in place); returns the images, superpixels and the one
+        lambda every target of the batch is mixed with."""
         if len(x) % 2:
             raise ValueError("mixup needs an even batch size")
         lam, use_cutmix = self._params_per_batch()
@@ -72,8 +79,7 @@ class SuperpixelMixup(Mixup):
                 sp = _compact(sp)
             else:
                 x.mul_(lam).add_(x.flip(0).mul_(1.0 - lam))
-        soft = mixup_target(target, self.num_classes, float(lam), self.label_smoothing)
-        return x, sp, soft
+        return x, sp, float(lam)
 
 
 def _compact(sp: torch.Tensor) -> torch.Tensor:
@@ -132,6 +138,55 @@ class Supervised(Objective):
             logits = encode(self.model, images, sp)
             loss = self.train_loss(logits, target) if self.training else F.cross_entropy(logits, target)
         return {"loss": loss, "logits": logits}
+
+
+class Hierarchical(Objective):
+    """H-CAST's objective for a model with one head per taxonomy level (``forward`` returns the
+    logits fine -> coarse); batch = ``(images, superpixels, fine labels)``, every level's label
+    read up the taxonomy's paths.
+
+    Loss = the sum over levels of soft-target cross-entropy (label smoothing, and mixup / cutmix
+    with one lambda for all levels) + ``tree_kl_weight`` x the tree-path KL: the log-softmax over
+    all levels' logits concatenated against all levels' soft targets concatenated, normalised to
+    sum to 1 (each level holds 1/L of the mass).
+    """
+
+    def __init__(self, model: nn.Module, paths: torch.Tensor, sizes: tuple[int, ...], mixup: float = 0.0,
+                 cutmix: float = 0.0, mix_prob: float = 1.0, label_smoothing: float = 0.0,
+                 tree_kl_weight: float = 0.5) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("paths", torch.as_tensor(paths, dtype=torch.long), persistent=False)  # [n_fine, L]
+        self.sizes = tuple(int(n) for n in sizes)
+        self.label_smoothing, self.tree_kl_weight = label_smoothing, tree_kl_weight
+        self.mixup = None
+        if mixup > 0 or cutmix > 0:
+            self.mixup = SuperpixelMixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mix_prob,
+                                         label_smoothing=label_smoothing, num_classes=self.sizes[0])
+        self.soft_ce = SoftTargetCrossEntropy()
+
+    def no_weight_decay(self) -> set[str]:
+        return _prefixed_no_weight_decay("model.", self.model)
+
+    def forward(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        images, sp, target = batch[0], batch[1], batch[-1]
+        labels = self.paths[target]  # [B, L]
+        lam = 1.0
+        if self.training and self.mixup is not None:
+            images, sp, lam = self.mixup.mix(images, sp)
+        logits = encode(self.model, images, sp)
+        if not isinstance(logits, (tuple, list)) or len(logits) != len(self.sizes):
+            raise ValueError(f"the model must return {len(self.sizes)} logits tensors (one per taxonomy level)")
+        if not self.training:
+            loss = sum(F.cross_entropy(lg, labels[:, t]) for t, lg in enumerate(logits))
+            return {"loss": loss, "logits": logits}  # type: ignore[dict-item]
+        soft = [mixup_target(labels[:, t], n, lam, self.label_smoothing) for t, n in enumerate(self.sizes)]
+        loss = sum(self.soft_ce(lg, st) for lg, st in zip(logits, soft))
+        if self.tree_kl_weight > 0:
+            joint = torch.cat(list(logits), dim=1).log_softmax(dim=1)
+            goal = torch.cat(soft, dim=1) / len(soft)
+            loss = loss + self.tree_kl_weight * F.kl_div(joint, goal, reduction="batchmean")
+        return {"loss": loss, "logits": logits}  # type: ignore[dict-item]
 
 
 def _mlp(num_layers: int, in_dim: int, hidden: int, out_dim: int, last_bn: bool = True) -> nn.Sequential:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
 from ..superpixels import SEEDS_DEIT, SEEDS_MOCO
@@ -64,11 +65,9 @@ class HCAST(CAST):
         self.read_stages = READ_STAGES[len(level_classes)]
         like = self.cls_token
         for name, n in zip(HEAD_NAMES[1:], level_classes[1:]):
-            head = nn.Identity() if headless else nn.Linear(self.embed_dim, n, device=like.device, dtype=like.dtype)
-            if isinstance(head, nn.Linear):
-                nn.init.xavier_uniform_(head.weight)
-                nn.init.zeros_(head.bias)
-            setattr(self, name, head)
+            setattr(self, name, nn.Identity() if headless else nn.Linear(self.embed_dim, n, device=like.device, dtype=like.dtype))
+        for head in self.heads:
+            _init_head(head)
 
     # -- heads -----------------------------------------------------------------------------------
     @property
@@ -109,8 +108,10 @@ class HCAST(CAST):
             return
         self.level_classes = counts
         self.model_args["level_classes"] = list(counts)
+        _init_head(self.head)
         for i in sorted(fresh):
             head = nn.Linear(self.embed_dim, counts[i], device=like.device, dtype=like.dtype)
+            _init_head(head)
             head.train(self.training)
             setattr(self, HEAD_NAMES[i], head)
 
@@ -182,6 +183,15 @@ class HCAST(CAST):
         sincos = self.pos_embed_type == "sincos"
         return ModelInfo(name=arch, family="cast-explorer" if sincos else "deit", superpixels=SEEDS_MOCO if sincos else SEEDS_DEIT,
                          input_size=self.img_size, class_names=default_class_names(self.num_classes))
+
+
+def _init_head(head: nn.Module) -> None:
+    """DeiT's classifier init (truncated normal, std 0.02; zero bias): the heads below the last stage read
+    the raw [CLS] of the residual stream (norm about 50 at cast_tiny's stage 3 at initialisation), so a
+    wider init would start them with large, confident logits."""
+    if isinstance(head, nn.Linear) and not head.weight.is_meta:
+        trunc_normal_(head.weight, std=0.02)
+        nn.init.zeros_(head.bias)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@ from PIL import Image
 __all__ = [
     "CLASSES",
     "COARSE_GROUPS",
+    "KINDS",
+    "partshapes_taxonomy",
     "PARTS",
     "PART_CLASS",
     "SPLIT_SEEDS",
@@ -332,6 +334,26 @@ COARSE_GROUPS: dict[str, tuple[str, ...]] = {
     "home and figures": ("house", "table", "snowman", "dumbbell"),
 }
 assert sorted(c for g in COARSE_GROUPS.values() for c in g) == sorted(CLASSES)
+# A third, coarsest level over the groups (the 3-level taxonomy): living things and made things.
+KINDS: dict[str, tuple[str, ...]] = {"living": ("plants",), "made": ("vehicles and street", "home and figures")}
+
+
+def partshapes_taxonomy(levels: int = 2) -> Any:
+    """PartShapes' taxonomy (a :class:`cast.Taxonomy`): the 10 classes -> the 3 ``COARSE_GROUPS``
+    (2 levels), and -> the 2 ``KINDS`` above them (3 levels)."""
+    from cast.taxonomy import Taxonomy
+
+    if levels not in (2, 3):
+        raise ValueError(f"PartShapes' taxonomy has 2 or 3 levels, not {levels}")
+    groups = tuple(COARSE_GROUPS)
+    group_of = [next(g for g, members in enumerate(COARSE_GROUPS.values()) if c in members) for c in CLASSES]
+    names, classes, parents = ["class", "group"], [CLASSES, groups], [tuple(group_of)]
+    if levels == 3:
+        kinds = tuple(KINDS)
+        names.append("kind")
+        classes.append(kinds)
+        parents.append(tuple(next(k for k, members in enumerate(KINDS.values()) if g in members) for g in groups))
+    return Taxonomy(tuple(names), tuple(classes), tuple(parents))
 assert len(PARTS) < 256, "part ids must fit the uint8 part mask"
 
 SPLIT_SEEDS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
