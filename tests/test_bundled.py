@@ -1,4 +1,4 @@
-"""The bundled models: the default one (package data in cast/assets/bundled) and the app's two in assets/;
+"""The bundled models: the default one (package data in cast/assets/bundled) and the app's three in assets/;
 small, loadable offline, and they segment photos."""
 
 import json
@@ -48,6 +48,20 @@ def test_bundled_baseline_and_concept_models():
     assert all(len(n.concepts) == predictor.concepts.num_levels for n in tree.nodes)
     size = sum(f.stat().st_size for f in (REPO_ROOT / "assets" / "bundled_hirl").rglob("*") if f.is_file())
     assert size <= 16 * 2**20
+
+
+def test_bundled_hcast_model_answers_each_taxonomy_level():
+    """The H-CAST cast_tiny trained beside the default model (class and group heads, PartShapes' taxonomy)."""
+    predictor = cast.Predictor("bundled_hcast")
+    assert isinstance(predictor.model, cast.HCAST) and predictor.model.level_classes == [10, 3]
+    assert predictor.info.taxonomy.level_names == ("class", "group") and predictor.info.class_names[0] == "car"
+    example = sorted(Path(REPO_ROOT / "assets" / "examples").glob("partshapes_house_*.png"))[0]
+    tree = predictor(example)
+    assert [(lv.name, lv.tree_level) for lv in tree.taxonomy.levels] == [("class", 2), ("group", 3)]
+    assert tree.taxonomy.argmax_path == ["house", "home and figures"] and tree.taxonomy.heads_agree
+    assert all(n.taxonomy_predictions for n in tree.nodes if n.level in (2, 3))
+    shards = list((REPO_ROOT / "assets" / "bundled_hcast").glob("model-*.safetensors"))
+    assert shards and sum(f.stat().st_size for f in shards) <= 15 * 2**20
 
 
 def test_every_repository_file_fits_a_hub_space():

@@ -34,7 +34,13 @@ def _pick_checkpoint(run_dir: Path, which: str) -> Path:
 def model_card(info: ModelInfo, metrics: dict[str, Any], cfg: dict[str, Any]) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     sp = info.superpixels
-    if info.name.startswith("cast"):
+    if info.name.startswith("hcast"):
+        levels = " → ".join(f"{n} ({k})" for n, k in zip(info.taxonomy.level_names, info.taxonomy.sizes)) if info.taxonomy else ""
+        about = ("An H-CAST model (Park et al., ICLR 2025: CAST with one head per taxonomy level, finer classes read from\n"
+                 f"finer segment stages; levels {levels}) trained with CAST Explorer's `train` package.")
+        use = ('import cast\npredictor = cast.Predictor("path/or/repo-id")\ntree = predictor("photo.jpg")\n'
+               'tree.taxonomy.levels, tree.taxonomy.consistent_path')
+    elif info.name.startswith("cast"):
         about = ("A CAST model (Ke, Mo, Yu, ICLR 2024: superpixel tokens, graph pooling into a part-to-whole\n"
                  "hierarchy) trained with CAST Explorer's `train` package.")
         use = 'import cast\npredictor = cast.Predictor("path/or/repo-id")\ntree = predictor("photo.jpg")'
