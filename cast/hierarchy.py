@@ -314,7 +314,7 @@ class Hierarchy:
     def to_dict(self) -> dict[str, Any]:
         w, h = self.size
         model = {k: v for k, v in self.model.items() if k != "class_names"}
-        if isinstance(model.get("taxonomy"), dict):  # its names and shape; the whole tree is the model's, not each image's
+        if isinstance(model.get("taxonomy"), dict):  # its shape only (read from the dict, per image: no re-validation)
             levels = model["taxonomy"].get("levels", [])
             model["taxonomy"] = {"levels": [lv.get("name") for lv in levels], "classes": [len(lv.get("classes", [])) for lv in levels]}
         return {

@@ -95,6 +95,13 @@ class Predictor(Segmenter):
         sp = np.stack([self.compute_superpixels(im) for im in images])
         return self.normalise(images), torch.from_numpy(sp).to(self.device), int(sp.max()) + 1
 
+    @torch.inference_mode()
+    def classify_embed(self, images: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """The model's own :meth:`~cast.CAST.classify_embed` (H-CAST: its fine head, which reads an earlier stage)."""
+        logits, feats = self.model.classify_embed(*self.model_inputs(images))
+        probs = logits.float().softmax(-1).cpu().numpy() if self.has_head and logits is not None else None
+        return probs, feats.float().cpu().numpy()
+
     def prepare_inputs(self, work: np.ndarray) -> np.ndarray:
         return self.compute_superpixels(work)
 

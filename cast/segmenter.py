@@ -134,12 +134,8 @@ class Segmenter:
     def classify_embed(self, images: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """Class probabilities ``[B, num_classes]`` (None without a head) and the final [CLS]
         features ``[B, C]`` of ``[B, S, S, 3]`` uint8 images shown whole."""
-        inputs = self.model_inputs(images)
-        feats = self.model.forward_head(self.model.forward_features(*inputs), pre_logits=True)
-        if self.has_head and getattr(self.model, "level_classes", None) is not None:  # H-CAST: the fine head reads an earlier stage
-            probs = self.model(*inputs)[0].float().softmax(-1).cpu().numpy()
-        else:
-            probs = self.model.head(feats).float().softmax(-1).cpu().numpy() if self.has_head else None
+        feats = self.model.forward_head(self.model.forward_features(*self.model_inputs(images)), pre_logits=True)
+        probs = self.model.head(feats).float().softmax(-1).cpu().numpy() if self.has_head else None
         return probs, feats.float().cpu().numpy()
 
     def flop_inputs(self) -> tuple[torch.Tensor | int, ...]:

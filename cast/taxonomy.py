@@ -17,6 +17,7 @@ Files (``--taxonomy FILE``, ``cast.load_model(..., taxonomy=FILE)``) are JSON, i
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -81,15 +82,21 @@ class Taxonomy:
         return tuple(len(c) for c in self.classes)
 
     def paths(self) -> np.ndarray:
-        """``[n_fine, L]`` int array: every valid path, one per fine class (row i starts with i)."""
+        """``[n_fine, L]`` int array (read-only): every valid path, one per fine class (row i starts with i)."""
+        return self._paths
+
+    @functools.cached_property
+    def _paths(self) -> np.ndarray:  # made once per taxonomy (cached_property bypasses the frozen __setattr__)
         cols = [np.arange(self.sizes[0])]
         for parents in self.parents:
             cols.append(np.asarray(parents, dtype=np.int64)[cols[-1]])
-        return np.stack(cols, axis=1)
+        paths = np.stack(cols, axis=1)
+        paths.flags.writeable = False
+        return paths
 
     def ancestors(self, fine: int) -> tuple[int, ...]:
         """The path of fine class ``fine``: its id at every level, fine -> coarse."""
-        return tuple(int(v) for v in self.paths()[fine])
+        return tuple(int(v) for v in self._paths[fine])
 
     def is_path(self, ids: Sequence[int]) -> bool:
         """Whether a tuple of per-level class ids (fine -> coarse) is a path of the tree."""

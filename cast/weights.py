@@ -62,9 +62,7 @@ class ModelInfo:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         if not include_class_names:
             d["class_names"] = None if self.class_names is None else f"<{len(self.class_names)} names>"
-            if self.taxonomy is not None:
-                t = self.taxonomy
-                d["taxonomy"] = f"<{'/'.join(t.level_names)}: {'/'.join(map(str, t.sizes))} classes>"
+
         return d
 
     @classmethod
@@ -76,7 +74,7 @@ class ModelInfo:
             mean=tuple(d.get("mean", IMAGENET_MEAN)), std=tuple(d.get("std", IMAGENET_STD)),  # type: ignore[arg-type]
             class_names=list(d["class_names"]) if d.get("class_names") is not None else None,
             source=str(d.get("source", "")), weights=d.get("weights"), extra=dict(d.get("extra", {})),
-            taxonomy=Taxonomy.from_dict(d["taxonomy"]) if isinstance(d.get("taxonomy"), (dict, list)) else None,
+            taxonomy=Taxonomy.from_dict(d["taxonomy"]) if d.get("taxonomy") is not None else None,
         )
 
     def with_(self, **changes: Any) -> ModelInfo:

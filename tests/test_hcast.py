@@ -88,6 +88,10 @@ def test_an_official_file_loads_exactly_and_each_head_reads_its_stage(tmp_path, 
             cls = layer_norm(sd, cls)
         torch.testing.assert_close(logits[level], linear(sd, name, cls), rtol=1e-4, atol=1e-5)
     assert model.tree_levels == reads
+    with torch.no_grad():  # the one-pass classify the predictor uses: the fine head, and the final pooled feature
+        fine, feats = model.classify_embed(x, sp)
+        torch.testing.assert_close(fine, logits[0])
+        torch.testing.assert_close(feats, model.forward_head(model.forward_features(x, sp), pre_logits=True))
 
 
 def test_the_hierarchy_gives_each_level_and_segment_its_head(tmp_path):

@@ -16,7 +16,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 import cast
-from cast.taxonomy import Taxonomy
+from cast.taxonomy import Taxonomy, hierarchical_metrics
 
 from . import distributed as D
 from .checkpoint import find_resume, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -28,7 +28,7 @@ from .hirl import HIRL
 from .objectives import Hierarchical, MoCoV3, Objective, Supervised, encode, knn_top1
 
 __all__ = ["Trainer", "build_model", "build_objective", "fit", "load_taxonomy", "hierarchical", "init_from",
-           "level_predictions", "valid_paths"]
+           "level_predictions"]
 
 
 def load_taxonomy(cfg: TrainConfig, class_names: list[str] | None = None) -> Taxonomy | None:
@@ -141,7 +141,8 @@ class Trainer:
         self.num_classes = len(self.data.class_names)
         self.taxonomy = load_taxonomy(cfg, self.data.class_names)
         self.model = build_model(cfg, self.num_classes, self.taxonomy)
-        if cfg.model.init and find_resume(resume, self.run_dir) is None:
+        ckpt = find_resume(resume, self.run_dir)
+        if cfg.model.init and ckpt is None:  # a resumed run has its own weights
             report = init_from(self.model, cfg.model.init)
             self._log_line({"event": "init", "from": cfg.model.init, "fresh": report["fresh"][:20],
                             "unused": report["unused"][:20]})
@@ -180,7 +181,6 @@ class Trainer:
         self.best_metric = -math.inf
         self.history: list[dict[str, Any]] = []
         self.writer = None
-        ckpt = find_resume(resume, self.run_dir)
         if ckpt is not None:
             self._restore(ckpt)
 
@@ -485,26 +485,20 @@ class Trainer:
         return {"top1": correct / max(total, 1.0)}
 
     def _validate_taxonomy(self, loader: Any) -> dict[str, float]:
-        """Per-level top-1, full-path accuracy and tree-inconsistency error (``top1`` = the fine level's)."""
+        """Per-level top-1, full-path accuracy and tree-inconsistency error (``top1`` = the fine level's),
+        over every rank's images (:func:`cast.taxonomy.hierarchical_metrics`)."""
         assert self.taxonomy is not None
         paths = torch.as_tensor(self.taxonomy.paths(), device=self.device)
-        counts = torch.zeros(self.taxonomy.num_levels + 3, device=self.device)  # per-level right, full path, bad path, n
+        predicted, truth = [], []
         for batch in loader:
             x, sp, y = self._to_device(batch)
             with self.autocast():
-                logits = encode(self.model, x, sp)
-            predicted = level_predictions(logits, paths)
-            truth = paths[y]
-            right = predicted == truth
-            counts[: truth.shape[1]] += right.sum(0)
-            counts[-3] += right.all(1).sum()
-            counts[-2] += (~valid_paths(predicted, paths)).sum()
-            counts[-1] += y.numel()
-        values = D.all_reduce_sum(counts.tolist(), self.device)
-        n = max(values[-1], 1.0)
+                predicted.append(level_predictions(encode(self.model, x, sp), paths))
+            truth.append(paths[y])
+        every = [torch.cat(D.all_gather(torch.cat(t))).cpu().numpy() for t in (predicted, truth)]
+        m = hierarchical_metrics(every[0], every[1], self.taxonomy)
         names = self.taxonomy.level_names
-        out = {f"top1_{names[t]}": values[t] / n for t in range(len(names))}
-        return {"top1": values[0] / n, **out, "fpa": values[-3] / n, "tice": values[-2] / n}
+        return {"top1": m["top1"][0], **{f"top1_{n}": v for n, v in zip(names, m["top1"])}, "fpa": m["fpa"], "tice": m["tice"]}
 
     def _features(self, ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone features ``[N, D]`` and labels ``[N]`` of a whole dataset, on this process."""
@@ -524,11 +518,6 @@ def level_predictions(logits: Any, paths: torch.Tensor) -> torch.Tensor:
     if isinstance(logits, (tuple, list)):
         return torch.stack([lg.argmax(1) for lg in logits], dim=1)
     return paths[logits.argmax(1)]
-
-
-def valid_paths(predicted: torch.Tensor, paths: torch.Tensor) -> torch.Tensor:
-    """``[B]`` bool: whether each predicted tuple is a path of the taxonomy (a row of ``paths``)."""
-    return (predicted[:, None, :] == paths[None]).all(-1).any(-1)
 
 
 class _Window:

@@ -341,6 +341,7 @@ def evaluate_run(run: str | Path, data: EvalData, progress: bool = True) -> dict
 
     from .checkpoint import load_checkpoint
     from .config import config_from_dict
+    from .data.views import eval_view
     from .engine import build_model, level_predictions, load_taxonomy
     from .objectives import encode
 
@@ -355,16 +356,14 @@ def evaluate_run(run: str | Path, data: EvalData, progress: bool = True) -> dict
     model = build_model(cfg, len(ckpt["class_names"]), taxonomy)
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["model"].items() if k.startswith("model.")})
     model.eval()
-    size = cfg.data.image_size
-    mean, std = torch.tensor(cast.weights.IMAGENET_MEAN).view(3, 1, 1), torch.tensor(cast.weights.IMAGENET_STD).view(3, 1, 1)
+    view = eval_view(cfg.data.image_size, None)  # what the run's validation saw: resized whole, normalised
     paths = torch.as_tensor(taxonomy.paths())
     predicted, truth = [], []
     for i in tqdm(range(len(data)), desc=f"evaluate {path.parent.name}", unit="img", disable=not progress):
         image, label, _, _ = data.samples[i]
-        resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
-        x = ((torch.from_numpy(resized).permute(2, 0, 1) - mean) / std)[None]
+        x, sp = view(Image.fromarray(image))
         with torch.no_grad():
-            predicted.append(level_predictions(encode(model, x, torch.zeros(1, size, size, dtype=torch.long)), paths)[0].tolist())
+            predicted.append(level_predictions(encode(model, x[None], sp[None]), paths)[0].tolist())
         truth.append(list(taxonomy.ancestors(int(label))))
     return {"model": str(run), "architecture": f"hier-{ckpt['model_name']}", "data": data.name, "images": len(data),
             "top1": float(np.mean([p[0] == t[0] for p, t in zip(predicted, truth)])),

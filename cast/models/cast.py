@@ -148,18 +148,17 @@ class CastOutput:
     Levels are listed fine to coarse (level 1 = first pooling, ``K_1`` segments).
     """
 
-    logits: torch.Tensor | None  # [B, num_classes]; None without a head
-    level_logits: list[torch.Tensor] | None  # 4 x [B, num_classes]: [CLS] after each stage -> norm -> head
     assign_logits: list[torch.Tensor]  # 4 x [B, N_l, K_l] before softmax (N_1 = superpixel tokens)
     centroid_index: list[torch.Tensor]  # 4 x [B, K_l] long, FPS indices into the level's N_l tokens
     segments: list[torch.Tensor]  # 4 x [B, H, W] long, centroid index of each pixel's level-l segment
     token_labels: list[torch.Tensor]  # 4 x [B, S] long, the same per superpixel token
     segment_tokens: list[torch.Tensor]  # 4 x [B, K_l, C] most processed feature of each level-l segment
     segment_features: list[torch.Tensor]  # 4 x [B, K_l, C] the same after ``norm`` (the head's input space)
-    segment_logits: list[torch.Tensor] | None  # 4 x [B, K_l, num_classes]: each segment's own token -> head
     padding: torch.Tensor  # [B, S] bool, superpixel ids with no cell on the feature grid
     features: torch.Tensor  # [B, C] final [CLS] feature (after ``norm``)
-    stage_cls: list[torch.Tensor] | None = None  # 4 x [B, C] raw [CLS] after each stage's blocks (before pooling)
+    logits: torch.Tensor | None = None  # [B, num_classes]; None without a head (H-CAST: the fine head's)
+    level_logits: list[torch.Tensor] | None = None  # 4 x [B, num_classes]: [CLS] after each stage -> norm -> head
+    segment_logits: list[torch.Tensor] | None = None  # 4 x [B, K_l, num_classes]: each segment's own token -> head
     # Hierarchical heads (H-CAST, :mod:`.hcast`); None for a flat CAST. Taxonomy levels fine -> coarse:
     taxonomy_logits: list[torch.Tensor] | None = None  # L x [B, classes_t]: each taxonomy head on its [CLS]
     taxonomy_tree_levels: tuple[int, ...] | None = None  # L: the tree level (1..3) whose segments each head reads
@@ -476,26 +475,41 @@ class CAST(
         # has no next stage, so its pooled token is used.
         segment_tokens = stage_tokens[1:] + [pooled[3].tokens]
         segment_features = [self.norm(t) for t in segment_tokens]
-        has_head = isinstance(self.head, nn.Linear)
         return CastOutput(
-            logits=self.head(features) if has_head else None,
-            level_logits=[self.head(self.norm(c)) for c in level_cls] if has_head else None,
             assign_logits=assign_logits,
             centroid_index=[r.centroid_index for r in pooled],
             segments=[torch.gather(t, 1, flat_sp).reshape(superpixels.shape) for t in token_labels],
             token_labels=token_labels,
             segment_tokens=segment_tokens,
             segment_features=segment_features,
-            segment_logits=[self.head(f) for f in segment_features] if has_head else None,
             padding=input_padding,
             features=features,
-            stage_cls=level_cls,
+            **self._read_heads(features, level_cls, segment_tokens, segment_features),
         )
 
+    def _read_heads(self, features: torch.Tensor, stage_cls: list[torch.Tensor], segment_tokens: list[torch.Tensor],
+                    segment_features: list[torch.Tensor]) -> dict[str, Any]:
+        """The :class:`CastOutput` fields the classifier gives, from the pass's pooled feature, each stage's raw
+        [CLS] and each level's segment tokens (raw and normed): the one head on the final feature, on every
+        stage's normed [CLS] and on every segment (H-CAST reads its heads here instead)."""
+        if not isinstance(self.head, nn.Linear):
+            return dict(logits=None, level_logits=None, segment_logits=None)
+        return dict(logits=self.head(features), level_logits=[self.head(self.norm(c)) for c in stage_cls],
+                    segment_logits=[self.head(f) for f in segment_features])
+
+    def classify_embed(self, images: torch.Tensor, superpixels: torch.Tensor,
+                       num_superpixels: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The image's class logits (None without a head) and its pooled final feature, in one pass."""
+        feats = self.forward_head(self.forward_features(images, superpixels, num_superpixels), pre_logits=True)
+        return (self.head(feats) if isinstance(self.head, nn.Linear) else None), feats
+
     # -- metadata --------------------------------------------------------------------------
+    def _variant_name(self) -> str | None:
+        return variant_of(self.model_args)
+
     def default_info(self) -> ModelInfo:
         """Metadata of a model that was built rather than loaded (the loaders attach ``info``)."""
-        arch = getattr(self, "pretrained_cfg", {}).get("architecture") or variant_of(self.model_args) or "cast"
+        arch = getattr(self, "pretrained_cfg", {}).get("architecture") or self._variant_name() or type(self).__name__.lower()
         sincos = self.pos_embed_type == "sincos"
         return ModelInfo(
             name=arch, family="cast-explorer" if sincos else "deit", superpixels=SEEDS_MOCO if sincos else SEEDS_DEIT,
@@ -602,9 +616,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def variant_of(model_args: Mapping[str, Any]) -> str | None:
-    """The registered variant with this width and these depths (None when none matches)."""
-    for name, v in VARIANTS.items():
+def variant_of(model_args: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+    """The registered variant (of ``variants``, default CAST's) with this width and these depths (None when
+    none matches)."""
+    for name, v in (VARIANTS if variants is None else variants).items():
         if v["embed_dim"] == model_args["embed_dim"] and tuple(v["depths"]) == tuple(model_args["depths"]):
             return name
     return None

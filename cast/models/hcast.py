@@ -19,7 +19,6 @@ logits and every segment's own prediction through the head of the level it lives
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,14 +27,11 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 
-from ..superpixels import SEEDS_DEIT, SEEDS_MOCO
-from ..weights import ModelInfo, default_class_names
 from .builder import build
-from .cast import CAST, VARIANTS, CastOutput, _cfg
+from .cast import CAST, VARIANTS, _cfg, variant_of
 from .convert import check_fits, unwrap_training_file
 
-__all__ = ["HCAST", "HEAD_NAMES", "HCAST_VARIANTS", "READ_STAGES", "hcast_checkpoint_filter_fn", "hcast_variant_of",
-           "level_classes_of"]
+__all__ = ["HCAST", "HEAD_NAMES", "HCAST_VARIANTS", "READ_STAGES", "hcast_checkpoint_filter_fn", "level_classes_of"]
 
 HEAD_NAMES = ("head", "family_head", "manufacturer_head")  # fine -> coarse, the published key names
 # 0-based stage whose [CLS] each level's head reads, fine -> coarse, by number of levels. Stage s works
@@ -124,9 +120,7 @@ class HCAST(CAST):
         if not prune_head and self.has_heads and max_index < max(self.read_stages):
             raise ValueError(f"the heads read stages {[s + 1 for s in self.read_stages]}; keeping them needs every "
                              "stage up to the last (prune_head=True drops them)")
-        if prune_head:
-            self.reset_classifier(0)
-        return super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        return super().prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)  # its reset is ours
 
     # -- forward -----------------------------------------------------------------------------------
     def _read_levels(self, outputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -150,39 +144,40 @@ class HCAST(CAST):
         pooled final feature ``[B, C]`` for a model without heads."""
         if not self.has_heads:
             return self.forward_head(self.forward_features(images, superpixels, num_superpixels))
+        return tuple(self._read_levels(self._stage_outputs(images, superpixels, num_superpixels)))
+
+    def _stage_outputs(self, images: torch.Tensor, superpixels: torch.Tensor, num_superpixels: int | None) -> list[torch.Tensor]:
+        """Every stage's ``[B, 1 + N, C]`` output (the heads need all of them)."""
         if self.num_stages < len(self.depths):
             raise RuntimeError("the heads need every stage, and this model was pruned")
         x, cls, padding, _ = self.embed_segments(images, superpixels, num_superpixels)
-        outputs = [y for y, _ in self._run_stages(x, cls, padding)]
-        return tuple(self._read_levels(outputs))
+        return [y for y, _ in self._run_stages(x, cls, padding)]
 
-    def forward_hierarchy(self, images: torch.Tensor, superpixels: torch.Tensor,
-                          num_superpixels: int | None = None) -> CastOutput:
-        """CAST's tree, plus per taxonomy level: its head's logits, the tree level it reads, and each
-        segment of that level through the same head (its own token, normed as the [CLS] the head reads)."""
-        out = super().forward_hierarchy(images, superpixels, num_superpixels)
+    def _read_heads(self, features: torch.Tensor, stage_cls: list[torch.Tensor], segment_tokens: list[torch.Tensor],
+                    segment_features: list[torch.Tensor]) -> dict[str, Any]:
+        """Per taxonomy level: its head on the [CLS] it reads, the tree level it reads, and each segment of
+        that level through the same head (its own token after the same stage, normed like the [CLS])."""
         if not self.has_heads:
-            return dataclasses.replace(out, logits=None, level_logits=None, segment_logits=None,
-                                       taxonomy_tree_levels=self.tree_levels)
-        assert out.stage_cls is not None
+            return dict(taxonomy_tree_levels=self.tree_levels)
         last = len(self.depths) - 1
         level_logits, segment_logits = [], []
         for head, stage in zip(self.heads, self.read_stages):
-            cls = self.norm(out.stage_cls[stage]) if stage == last else out.stage_cls[stage]
-            level_logits.append(head(cls))
-            # the level-`stage` segments' tokens after this stage's blocks (CastOutput.segment_tokens)
-            tokens = out.segment_features[stage - 1] if stage == last else out.segment_tokens[stage - 1]
-            segment_logits.append(head(tokens))
-        return dataclasses.replace(
-            out, logits=level_logits[0], level_logits=None, segment_logits=None, taxonomy_logits=level_logits,
-            taxonomy_tree_levels=self.tree_levels, segment_taxonomy_logits=segment_logits)
+            level_logits.append(head(self.norm(stage_cls[stage]) if stage == last else stage_cls[stage]))
+            # the level-`stage` segments' tokens after this stage's blocks
+            segment_logits.append(head(segment_features[stage - 1] if stage == last else segment_tokens[stage - 1]))
+        return dict(logits=level_logits[0], taxonomy_logits=level_logits, taxonomy_tree_levels=self.tree_levels,
+                    segment_taxonomy_logits=segment_logits)
 
-    # -- metadata ----------------------------------------------------------------------------------
-    def default_info(self) -> ModelInfo:
-        arch = getattr(self, "pretrained_cfg", {}).get("architecture") or hcast_variant_of(self.model_args) or "hcast"
-        sincos = self.pos_embed_type == "sincos"
-        return ModelInfo(name=arch, family="cast-explorer" if sincos else "deit", superpixels=SEEDS_MOCO if sincos else SEEDS_DEIT,
-                         input_size=self.img_size, class_names=default_class_names(self.num_classes))
+    def classify_embed(self, images: torch.Tensor, superpixels: torch.Tensor,
+                       num_superpixels: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The fine head's logits (None without heads) and the pooled final feature, in one pass."""
+        if not self.has_heads:
+            return None, self.forward(images, superpixels, num_superpixels)  # type: ignore[return-value]
+        outputs = self._stage_outputs(images, superpixels, num_superpixels)
+        return self._read_levels(outputs)[0], self._pool(self.norm(outputs[-1]))
+
+    def _variant_name(self) -> str | None:
+        return variant_of(self.model_args, HCAST_VARIANTS)
 
 
 def _init_head(head: nn.Module) -> None:
@@ -234,13 +229,6 @@ HCAST_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def hcast_variant_of(model_args: Mapping[str, Any]) -> str | None:
-    for name, v in HCAST_VARIANTS.items():
-        if v["embed_dim"] == model_args["embed_dim"] and tuple(v["depths"]) == tuple(model_args["depths"]):
-            return name
-    return None
-
-
 def _hcfg(level_classes: Sequence[int]) -> dict[str, Any]:
     return _cfg(num_classes=level_classes[0], classifier="head", paper_ids="arXiv:2406.11608",
                 paper_name="Visually Consistent Hierarchical Image Classification", origin_url="https://github.com/pseulki/hcast")
@@ -253,18 +241,13 @@ def _create_hcast(variant: str, pretrained: bool = False, **kwargs: Any) -> HCAS
     """Build a variant through timm (:func:`.builder.build`); ``level_classes`` (fine -> coarse) sets the
     taxonomy sizes, ``num_classes`` the fine level's (0: no heads), learned positions by default (the
     published H-CAST models are DeiT-trained)."""
-    v = HCAST_VARIANTS[variant]
-    levels = [int(n) for n in kwargs.pop("level_classes", v["level_classes"])]
-    n = kwargs.pop("num_classes", None)
-    if n is not None and n > 0:
-        levels[0] = int(n)
-    kwargs = {**{k: x for k, x in v.items() if k != "level_classes"}, "pos_embed": "learned", **kwargs}
+    kwargs = {**HCAST_VARIANTS[variant], "pos_embed": "learned", **kwargs}
     if kwargs.get("global_pool") == "":
         raise ValueError("H-CAST has no unpooled classifier input; use global_pool 'token' or 'avg', or forward_features")
-    # num_classes always given: timm would otherwise fill in the pretrained cfg's
-    model = build(HCAST, variant, pretrained, filter_fn=hcast_checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3),
-                  traceable=False, level_classes=levels, num_classes=0 if n == 0 else levels[0], **kwargs)
-    return model  # type: ignore[return-value]
+    # num_classes always given (HCAST reads it as the fine level's): timm would otherwise fill in the cfg's
+    kwargs.setdefault("num_classes", None)
+    return build(HCAST, variant, pretrained, filter_fn=hcast_checkpoint_filter_fn, default_out_indices=(0, 1, 2, 3),
+                 traceable=False, **kwargs)  # type: ignore[return-value]
 
 
 @register_model

@@ -175,12 +175,14 @@ def test_runs_validate_per_level_and_export_a_model_that_predicts_the_taxonomy(t
 @pytest.mark.slow  # torchrun
 def test_torchrun_two_processes_train_hcast(tmp_path):
     args = ["--standalone", "--nproc_per_node", "2", "-m", "train", "fit", "--config", str(CONFIGS / "partshapes_hcast_tiny.yaml")]
-    for s in [*TINY_H, f"run.out_dir={tmp_path}", "run.max_steps=2", "schedule.epochs=1", "data.val_size=16"]:
+    for s in [*TINY_H, f"run.out_dir={tmp_path}", "schedule.epochs=1", "schedule.warmup_epochs=0", "data.val_size=16"]:
         args += ["--set", s]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args], cwd=ROOT, capture_output=True,
                        text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     records = read_metrics(tmp_path / "partshapes_hcast_tiny")
-    assert records[0]["world_size"] == 2 and max(rec.get("step", 0) for rec in records) == 2
+    assert records[0]["world_size"] == 2 and max(rec.get("step", 0) for rec in records) == 3  # 48 images / (2 x 8)
+    epoch = [rec for rec in records if rec.get("event") == "epoch"]  # validation gathered from both ranks
+    assert len(epoch) == 1 and {"top1_class", "top1_group", "fpa", "tice"} <= set(epoch[0])
     ckpt = torch.load(tmp_path / "partshapes_hcast_tiny" / "last.pt", weights_only=True)
     assert json.dumps(ckpt["taxonomy"]) and ckpt["model_kwargs"]["level_classes"] == [10, 3]
