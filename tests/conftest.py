@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 # Before anything imports huggingface_hub (it reads these at import time).
 _HUB_CACHE = tempfile.mkdtemp(prefix="cast-test-hub-")
+# It holds full-size published-layout files (GBs): gone with the run, whatever its outcome.
+atexit.register(shutil.rmtree, _HUB_CACHE, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = _HUB_CACHE
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

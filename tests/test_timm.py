@@ -81,33 +81,36 @@ def _state(name: str) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in timm.create_model(name).state_dict().items()}
 
 
-@pytest.mark.slow  # writes and reads full-size published-layout files (up to cast_base_deep)
+@pytest.mark.slow  # writes and reads full-size published-layout files (up to cast_base_deep), one at a time
 def test_pretrained_true_for_every_published_tag_through_an_offline_hub_cache(hub_cache, tmp_path):
-    files, states = {}, {}
     for name, w in PUBLISHED.items():
-        states[name] = sd = _state(name)
+        sd = _state(name)
         path = tmp_path / name.replace(".", "_")
-        files[w.hub_file] = write_deit_file(path, sd) if w.family == "deit" else write_moco_file(path, sd, momentum=False)
-    populate_hub_cache(hub_cache, "twke/CAST", files, commit="b" * 40)
-    for name in PUBLISHED:
+        write_deit_file(path, sd) if w.family == "deit" else write_moco_file(path, sd, momentum=False)
+        commit = populate_hub_cache(hub_cache, "twke/CAST", {w.hub_file: path}, commit="b" * 40)
         for model in (timm.create_model(name, pretrained=True), cast.load_model(name)):
             got = model.state_dict()
-            assert set(got) == set(states[name]) and all(torch.equal(got[k], v) for k, v in states[name].items()), name
+            assert set(got) == set(sd) and all(torch.equal(got[k], v) for k, v in sd.items()), name
             assert model.info.weights == name
-    # another head: timm drops the published one and gives a fresh head of the asked size
-    tuned = timm.create_model("cast_small.deit_in1k", pretrained=True, num_classes=5)
-    assert tuned.head.out_features == 5
-    assert torch.equal(tuned.state_dict()["norm.weight"], states["cast_small.deit_in1k"]["norm.weight"])
-    # what timm's own pretrained checks ask: one input channel (the first convolution summed), features
-    for name in ("cast_small_deep.deit_in1k", "cast_base_deep.mocov3_in1k", "vit_conv_small.mocov3_in1k"):
-        gray = timm.create_model(name, pretrained=True, in_chans=1, num_classes=5)
-        first = states[name]["patch_embed.proj.0.weight"]
-        assert gray.patch_embed.proj[0].weight.shape[1] == 1 and gray.num_classes == 5
-        assert torch.allclose(gray.patch_embed.proj[0].weight, first.sum(1, keepdim=True))
-        assert gray.in_chans == 1
-        feats = timm.create_model(name, pretrained=True, features_only=True)
-        assert torch.equal(feats.model.blocks[0].attn.qkv.weight, states[name]["blocks.0.attn.qkv.weight"])
-    assert timm.create_model("cast_small.mocov3_in1k", pretrained=True, features_only=True).feature_info.channels() == [384] * 4
+        if name == "cast_small.deit_in1k":
+            # another head: timm drops the published one and gives a fresh head of the asked size
+            tuned = timm.create_model(name, pretrained=True, num_classes=5)
+            assert tuned.head.out_features == 5
+            assert torch.equal(tuned.state_dict()["norm.weight"], sd["norm.weight"])
+        if name == "cast_small.mocov3_in1k":
+            assert timm.create_model(name, pretrained=True, features_only=True).feature_info.channels() == [384] * 4
+        if name in ("cast_small_deep.deit_in1k", "cast_base_deep.mocov3_in1k", "vit_conv_small.mocov3_in1k"):
+            # what timm's own pretrained checks ask: one input channel (the first convolution summed), features
+            gray = timm.create_model(name, pretrained=True, in_chans=1, num_classes=5)
+            first = sd["patch_embed.proj.0.weight"]
+            assert gray.patch_embed.proj[0].weight.shape[1] == 1 and gray.num_classes == 5
+            assert torch.allclose(gray.patch_embed.proj[0].weight, first.sum(1, keepdim=True))
+            assert gray.in_chans == 1
+            feats = timm.create_model(name, pretrained=True, features_only=True)
+            assert torch.equal(feats.model.blocks[0].attn.qkv.weight, sd["blocks.0.attn.qkv.weight"])
+        # the files are 0.1-0.9 GB: one on disk at a time
+        (hub_cache / "models--twke--CAST" / "snapshots" / commit / w.hub_file).unlink()
+        path.unlink()
 
 
 @pytest.mark.slow  # compiles (tens of seconds on 2 cores)
