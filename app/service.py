@@ -28,7 +28,7 @@ from cast.annotations import Annotations
 from cast.exports import coco_dataset, coco_record, labelstudio_config, labelstudio_record, labelstudio_tasks, write_json
 from cast.image import ImageInput
 from cast.models.hub_mixin import has_weights
-from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, BUNDLED_HCAST, bundled_dir
+from cast.weights import BASELINE_FOR, BUNDLED_CONCEPTS, BUNDLED_FLAT, bundled_dir
 
 from .autosave import AutosaveStore
 from .config import AppConfig, model_device
@@ -116,10 +116,9 @@ class ModelStore:
         return self._choices
 
     def _scan(self) -> list[ModelChoice]:
-        out = [ModelChoice(BUNDLED, "bundled: cast_tiny, PartShapes (offline)", "bundled")]
-        if (bundled_dir(BUNDLED_HCAST) / "config.json").is_file():
-            out.append(ModelChoice(BUNDLED_HCAST, "bundled_hcast: H-CAST cast_tiny, class and group heads, PartShapes (offline)",
-                                   "bundled"))
+        out = [ModelChoice(BUNDLED, "bundled: H-CAST cast_tiny, class and group heads, PartShapes (offline)", "bundled")]
+        if (bundled_dir(BUNDLED_FLAT) / "config.json").is_file():
+            out.append(ModelChoice(BUNDLED_FLAT, "bundled_flat: cast_tiny, one head, PartShapes (offline)", "bundled"))
         if (bundled_dir(BUNDLED_CONCEPTS) / "concepts.json").is_file():
             out.append(ModelChoice(BUNDLED_CONCEPTS, "bundled_hirl: cast_tiny + HIRL concepts, PartShapes, self-supervised (offline)",
                                    "bundled"))
@@ -156,7 +155,7 @@ class ModelStore:
         if name in PUBLISHED:
             w = PUBLISHED[name]
             return hub.is_cached(w.hub_repo, w.hub_file)
-        if Path(name).exists() or name in (BUNDLED, BUNDLED_CONCEPTS, BUNDLED_HCAST):
+        if Path(name).exists() or name in (BUNDLED, BUNDLED_CONCEPTS, BUNDLED_FLAT):
             return True
         return name.count("/") == 1 and hub.is_cached(name, "config.json")
 
@@ -334,11 +333,11 @@ class StartupModel:
         if self.state == "loading":
             got = f": downloading, {self.done / 2**20:.0f} of {self.total / 2**20:.0f} MB" if self.total else ""
             return (f"**Loading the default model {self.wanted}** in the background{got}. Until it is ready the "
-                    "page uses the bundled model (cast_tiny on PartShapes shapes).")
+                    "page uses the bundled model (an H-CAST cast_tiny on PartShapes shapes).")
         if self.state == "failed":
             return (f"**Offline mode**: the default model {self.wanted} could not be loaded ({self.reason}). Showing the "
-                    "bundled model instead: cast_tiny trained on PartShapes (10 synthetic shape classes), so its class "
-                    "names are shapes, not ImageNet classes.")
+                    "bundled model instead: an H-CAST cast_tiny trained on PartShapes (10 synthetic shape classes in 3 "
+                    "groups), so its class names are shapes, not ImageNet classes.")
         if self.current != self.wanted:
             return None
         return f"The default model **{self.wanted}** is ready." if self.total else None

@@ -208,8 +208,8 @@ class View:
     def needs_recognition(self) -> bool:
         """Whether the selected segment's masked-image recognition is still to be computed."""
         key = self.selected
-        return bool(key is not None and key.is_node and self.tree.level_predictions is not None
-                    and key not in self.tree.segment_predictions)
+        has_head = self.tree.level_predictions is not None or self.tree.taxonomy is not None
+        return bool(key is not None and key.is_node and has_head and key not in self.tree.segment_predictions)
 
     # -- compare -------------------------------------------------------------------------
     def set_baseline(self, baseline: Hierarchy) -> None:

@@ -97,7 +97,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="cast-annotate-bench-"))
     model = make_model(tmp / "models" / "cast_small_random")
-    cfg = AppConfig(default_model="bundled", models_dir=tmp / "models", precompute_examples=False, temp_dir=tmp / "app",
+    cfg = AppConfig(default_model="bundled_flat", models_dir=tmp / "models", precompute_examples=False, temp_dir=tmp / "app",
                     autosave_dir=tmp / "autosave")
     explorer = Explorer(cfg)
     cb = AnnotateCallbacks(explorer)

@@ -5,7 +5,7 @@ the library CVAT imports COCO with (``Dataset.import_from(path, "coco_instances"
 What it checks (Datumaro runs in its own virtualenv, never the project's Python: it pins its own
 opencv, which would replace the project's opencv-contrib-python-headless):
 
-1. Our files: ``python -m cast segment IMAGES --model bundled --format coco`` writes ``coco.json``
+1. Our files: ``python -m cast segment IMAGES --model bundled_flat --format coco`` writes ``coco.json``
    for :data:`CLI_IMAGES` (the raw tree: every segment of the four levels, with ``level``,
    ``node``, ``parent_id`` and ``score``); the library writes a second file,
    :func:`cast.exports.write_coco_dataset` of :func:`cast.exports.coco_record` for
@@ -200,8 +200,8 @@ json.dump(out, open(sys.argv[2], "w"), indent=1)
 
 
 def export_cli(folder: Path, timeout: float) -> Path:
-    """``coco.json`` of :data:`CLI_IMAGES` as the CLI writes it (bundled model, raw tree)."""
-    cmd = [sys.executable, "-m", "cast", "segment", *(str(EXAMPLES / n) for n in CLI_IMAGES), "--model", "bundled",
+    """``coco.json`` of :data:`CLI_IMAGES` as the CLI writes it (the flat bundled model, raw tree)."""
+    cmd = [sys.executable, "-m", "cast", "segment", *(str(EXAMPLES / n) for n in CLI_IMAGES), "--model", "bundled_flat",
            "--out", str(folder), "--format", "coco", "--quiet", "--workers", "0", "--writers", "0"]
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=timeout)
     return folder / "coco.json"
@@ -213,7 +213,7 @@ def export_annotated(folder: Path) -> tuple[Path, dict[str, np.ndarray]]:
     from cast import load_segmenter
     from cast.annotations import Annotations
 
-    tree = load_segmenter("bundled")(str(EXAMPLES / ANNOTATED_IMAGE))
+    tree = load_segmenter("bundled_flat")(str(EXAMPLES / ANNOTATED_IMAGE))
     whole = next(n for n in tree.nodes_at(4) if len(n.children) >= 2)  # a top segment with two parts
     ann = Annotations(tree)
     ann.create([str(whole.key)], "object")

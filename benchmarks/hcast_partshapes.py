@@ -22,8 +22,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = [  # (label, evaluation file stem, training run folder name or None)
-    ("H-CAST cast_tiny", "hcast_tiny", "hcast_tiny"),
-    ("flat cast_tiny", "cast_tiny", None),  # the bundled model: trained with partshapes_cast_tiny.yaml
+    ("H-CAST cast_tiny", "hcast_tiny", "hcast_tiny"),  # the default bundled model (`bundled`)
+    ("flat cast_tiny", "cast_tiny", None),  # `bundled_flat`: trained with partshapes_cast_tiny.yaml
     ("Hier-ViT-Tiny", "hier_vit_tiny", "hier_vit_tiny"),
 ]
 START, END = "<!-- hcast-results:start -->", "<!-- hcast-results:end -->"

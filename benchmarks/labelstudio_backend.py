@@ -1,7 +1,7 @@
 """The Label Studio backend against a live Label Studio: does everything arrive, and how fast?
 
 What it does, with Label Studio started from its own virtualenv on 127.0.0.1 and the backend
-started as users start it (``python -m cast serve-labelstudio --model bundled``, a subprocess):
+started as users start it (``python -m cast serve-labelstudio --model bundled_flat``, a subprocess):
 
 1. A project with the config ``python -m cast labelstudio-config`` prints; 3 photos
    (1024x768 JPEGs) uploaded as tasks (``/data/upload/...``, fetched back by the backend with the
@@ -77,7 +77,7 @@ print(json.dumps([str(e) for p in req["predictions"] for e in (li.validate_predi
 
 def start_backend(port: int, ls: Api, log: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LABEL_STUDIO_URL": ls.base, "LABEL_STUDIO_API_KEY": ls.token}
-    proc = subprocess.Popen([sys.executable, "-m", "cast", "serve-labelstudio", "--model", "bundled", "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "cast", "serve-labelstudio", "--model", "bundled_flat", "--port", str(port), *extra],
                             cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -109,7 +109,7 @@ def click(w: int, h: int, fx: float, fy: float, label: str) -> dict[str, Any]:
 def check_predictions(api: Api, config: str, tasks: dict[int, Path], python: Path, work: Path,
                       report: dict[str, Any], errors: list[str]) -> None:
     """Every stored region (decoded by the SDK) equals our tree's segment; relations; validator."""
-    predictor = Predictor("bundled")
+    predictor = Predictor("bundled_flat")
     items, stored, trees = [], {}, {}
     for tid, path in tasks.items():
         preds = api.ok("GET", f"/api/predictions?task={tid}")
@@ -162,7 +162,7 @@ def cli_rate(folder: Path, work: Path) -> float:
     (a run on one image is timed and subtracted)."""
     def run(inputs: list[Path], out: Path) -> float:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cast", "segment", *map(str, inputs), "--model", "bundled", "--out", str(out),
+        subprocess.run([sys.executable, "-m", "cast", "segment", *map(str, inputs), "--model", "bundled_flat", "--out", str(out),
                         "--format", "labelstudio", "--quiet"], cwd=ROOT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         return time.perf_counter() - t
 
@@ -244,7 +244,7 @@ def run(args: argparse.Namespace, work: Path, report: dict[str, Any], errors: li
         tids = api.upload(project, check_files)
         ml = api.ok("POST", "/api/ml", {"title": "CAST", "url": burl, "project": project, "is_interactive": True})
         report["connect"] = {"state": ml["state"], "model_version": ml["model_version"]}
-        if ml["state"] != "CO" or ml["model_version"] != "bundled":
+        if ml["state"] != "CO" or ml["model_version"] != "bundled_flat":
             errors.append(f"connect: state {ml['state']}, model_version {ml['model_version']!r}")
         api.ok("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project}",
                {"selectedItems": {"all": True, "excluded": []}})
@@ -305,7 +305,7 @@ def main() -> int:
     ap.add_argument("--screenshot", default=None, help="save a task as Label Studio shows it (PNG)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
-    report: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "model": "bundled"}
+    report: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "model": "bundled_flat"}
     errors: list[str] = []
     with tempfile.TemporaryDirectory(prefix="cast-ls-backend-") as tmp:
         run(args, Path(tmp), report, errors)

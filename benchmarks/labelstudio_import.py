@@ -4,7 +4,7 @@ Studio's own brush-RLE decoder read our RLE exactly?
 What it checks, against a live Label Studio server started here (from its own virtualenv, never
 the project's Python: label-studio pins its own opencv and numpy):
 
-1. ``python -m cast segment EXAMPLES --format labelstudio --model bundled`` writes
+1. ``python -m cast segment EXAMPLES --format labelstudio --model bundled_flat`` writes
    ``labelstudio.json`` + ``labelstudio.xml`` (raw tree segments: every segment of the four
    levels, with ``part-of`` relations to the enclosing segment); a second, library-made task holds
    *annotated regions* (``R1`` ...) of one more image, with its own config
@@ -94,9 +94,9 @@ json.dump({"sdk_version": getattr(label_studio_sdk, "__version__", "?"), "valida
 
 
 def export_cli(folder: Path) -> tuple[list[dict[str, Any]], str]:
-    """The CLI's tasks and labeling config for :data:`CLI_IMAGES` (bundled model)."""
+    """The CLI's tasks and labeling config for :data:`CLI_IMAGES` (the flat bundled model)."""
     cmd = [sys.executable, "-m", "cast", "segment", *(str(EXAMPLES / name) for name in CLI_IMAGES),
-           "--model", "bundled", "--out", str(folder), "--format", "labelstudio", "--image-root", IMAGE_ROOT, "--quiet"]
+           "--model", "bundled_flat", "--out", str(folder), "--format", "labelstudio", "--image-root", IMAGE_ROOT, "--quiet"]
     subprocess.run(cmd, check=True, cwd=ROOT, timeout=900)
     return json.loads((folder / "labelstudio.json").read_text()), (folder / "labelstudio.xml").read_text()
 
@@ -107,7 +107,7 @@ def export_annotated() -> tuple[dict[str, Any], str, dict[str, np.ndarray]]:
     import cast
     from cast.annotations import Annotations
 
-    tree = cast.Predictor("bundled")(str(EXAMPLES / ANNOTATED_IMAGE))
+    tree = cast.Predictor("bundled_flat")(str(EXAMPLES / ANNOTATED_IMAGE))
     ann = Annotations(tree)
     ann.create(["L4-0"], "object")
     for i, child in enumerate(list(tree.node("L4-0").children)[:2]):

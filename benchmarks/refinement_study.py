@@ -1,7 +1,7 @@
 """How label maps should reach the photo's resolution: a small study of boundary refinement.
 
-The model decides segments at its working size (160 px for the bundled model); a photo is larger.
-On PartShapes test scenes rendered at 640 px (exact part masks at that size) the bundled model's
+The model decides segments at its working size (160 px for the bundled models); a photo is larger.
+On PartShapes test scenes rendered at 640 px (exact part masks at that size) the flat bundled model's
 level-1 segments are carried to 640 px by each method below, and compared with the same scenes
 rendered at 160 px, where the working map is the answer itself:
 
@@ -86,7 +86,7 @@ def recall(pred: np.ndarray, gt: np.ndarray, tolerance: int = 2) -> float:
 
 
 def study(n: int) -> dict:
-    predictor = cast.Predictor("bundled", refine=False)
+    predictor = cast.Predictor("bundled_flat", refine=False)
     plain = RefineSettings(blur=0.0, clean=0)
     methods = {
         "nearest": lambda img, tree: nearest(img, tree.working_label_map(1)),

@@ -77,6 +77,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     from . import CastError
     from .batch import FORMATS, BatchJob, BatchMismatchError, parse_shard
+    from .taxonomy import TaxonomyError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,6 +112,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         done = _run_engine(args, job)
     except BatchMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TaxonomyError as e:
+        print(f"error: the taxonomy {args.taxonomy!r} does not fit the model {args.model!r}: {e}", file=sys.stderr)
         return 2
     except CastError as e:
         print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)

@@ -321,11 +321,12 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
         source: one of
             - a published name (``cast.PUBLISHED``, e.g. ``"cast_small.deit_in1k"``), downloaded from
               the Hub repo ``twke/CAST`` through huggingface_hub's cache (``HF_HUB_OFFLINE`` honoured);
-            - ``"bundled"``: the default model, package data in ``cast/assets/bundled`` (installed with
-              the package); in a checkout also ``"bundled_vit"``: its ViT baseline in ``assets/bundled_vit``
-              (returns the ViT, not a CAST), ``"bundled_hirl"``: a self-supervised cast_tiny with a
-              concept hierarchy (``assets/bundled_hirl``), and ``"bundled_hcast"``: an H-CAST cast_tiny with
-              class and group heads and PartShapes' taxonomy (``assets/bundled_hcast``);
+            - ``"bundled"``: the default model, an H-CAST cast_tiny with class and group heads and
+              PartShapes' taxonomy, package data in ``cast/assets/bundled`` (installed with the package);
+              in a checkout also ``"bundled_flat"``: the flat cast_tiny trained on the same data at the
+              same budget (``assets/bundled_flat``), ``"bundled_vit"``: their ViT baseline in
+              ``assets/bundled_vit`` (returns the ViT, not a CAST) and ``"bundled_hirl"``: a
+              self-supervised cast_tiny with a concept hierarchy (``assets/bundled_hirl``);
             - a local published-format file (``.pth``, ``.pth.tar``);
             - a folder or Hub repo id with ``config.json`` + ``model.safetensors`` (our format).
         revision: Hub revision (branch, tag or commit) to pin.

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CastError
+from .errors import CastError, CheckpointFormatError
 
-__all__ = ["Taxonomy", "TaxonomyError", "load_taxonomy", "hierarchical_metrics"]
+__all__ = ["Taxonomy", "TaxonomyError", "TaxonomyMismatchError", "load_taxonomy", "hierarchical_metrics"]
 
 DEFAULT_LEVEL_NAMES = {2: ("class", "group"), 3: ("class", "family", "order")}
 
@@ -38,6 +38,12 @@ class TaxonomyError(CastError, ValueError):
     """A taxonomy file or object that is not a tree over the levels it names."""
 
     default_short = "not a taxonomy this library can read"
+
+
+class TaxonomyMismatchError(CheckpointFormatError, TaxonomyError):
+    """A taxonomy whose classes per level are not the model's (a load error and a taxonomy error)."""
+
+    default_short = "the taxonomy does not fit the model"
 
 
 @dataclass(frozen=True)

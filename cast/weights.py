@@ -13,27 +13,27 @@ from .superpixels import SEEDS_DEIT, SEEDS_MOCO, SuperpixelSettings
 from .taxonomy import Taxonomy
 
 __all__ = [
-    "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "BUNDLED_BASELINE", "BUNDLED_CONCEPTS", "BUNDLED_HCAST",
+    "ModelInfo", "PublishedWeights", "PUBLISHED", "HUB_REPO", "BUNDLED", "BUNDLED_BASELINE", "BUNDLED_CONCEPTS", "BUNDLED_FLAT",
     "BUNDLED_MODELS", "BASELINE_FOR", "bundled_dir", "bundled_env", "PACKAGE_DIR", "REPO_ROOT",
     "imagenet_class_names", "default_class_names", "IMAGENET_MEAN", "IMAGENET_STD",
 ]
 
 HUB_REPO = "twke/CAST"
-BUNDLED = "bundled"
+BUNDLED = "bundled"  # the default: an H-CAST cast_tiny (class and group heads, PartShapes' taxonomy)
+BUNDLED_FLAT = "bundled_flat"  # the flat cast_tiny (one head) trained on the same data at the same budget
 BUNDLED_BASELINE = "bundled_vit"  # the ViT trained beside the bundled CAST (same data and budget), for comparisons
 BUNDLED_CONCEPTS = "bundled_hirl"  # a self-supervised cast_tiny trained with HIRL (concept hierarchy, no classifier)
-BUNDLED_HCAST = "bundled_hcast"  # an H-CAST cast_tiny (class and group heads, PartShapes' taxonomy), same data and budget
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent  # the checkout, when the package runs from one
 # name -> (folder, environment variable overriding it). The default model is package data (it ships
-# with `pip install`); the other two are the web app's and live in the checkout's assets/.
+# with `pip install`); the others are the web app's and live in the checkout's assets/.
 BUNDLED_MODELS: dict[str, tuple[Path, str]] = {
     BUNDLED: (PACKAGE_DIR / "assets" / "bundled", "CAST_BUNDLED_DIR"),
     BUNDLED_BASELINE: (REPO_ROOT / "assets" / "bundled_vit", "CAST_BUNDLED_VIT_DIR"),
     BUNDLED_CONCEPTS: (REPO_ROOT / "assets" / "bundled_hirl", "CAST_BUNDLED_HIRL_DIR"),
-    BUNDLED_HCAST: (REPO_ROOT / "assets" / "bundled_hcast", "CAST_BUNDLED_HCAST_DIR"),
+    BUNDLED_FLAT: (REPO_ROOT / "assets" / "bundled_flat", "CAST_BUNDLED_FLAT_DIR"),
 }
 
 
@@ -165,7 +165,7 @@ PUBLISHED: dict[str, PublishedWeights] = {
 # clustered by hierarchical k-means). Keys are model sources; models not listed have no baseline.
 BASELINE_FOR: dict[str, str] = {
     BUNDLED: BUNDLED_BASELINE,
-    BUNDLED_HCAST: BUNDLED_BASELINE,
+    BUNDLED_FLAT: BUNDLED_BASELINE,
     "cast_small.deit_in1k": "vit_conv_small.mocov3_in1k",
     "cast_small.mocov3_in1k": "vit_conv_small.mocov3_in1k",
     "cast_small_deep.deit_in1k": "vit_conv_small.mocov3_in1k",
@@ -176,9 +176,9 @@ BASELINE_FOR: dict[str, str] = {
 
 
 def bundled_dir(name: str = BUNDLED) -> Path:
-    """Folder of a bundled model (:data:`BUNDLED_MODELS`): ``cast/assets/bundled`` (the default CAST,
-    inside the package), and in a checkout ``assets/bundled_vit`` (its ViT baseline) and
-    ``assets/bundled_hirl`` (cast_tiny with concepts) and ``assets/bundled_hcast`` (H-CAST cast_tiny); each
+    """Folder of a bundled model (:data:`BUNDLED_MODELS`): ``cast/assets/bundled`` (the default, an
+    H-CAST cast_tiny, inside the package), and in a checkout ``assets/bundled_flat`` (the flat cast_tiny),
+    ``assets/bundled_vit`` (the ViT baseline) and ``assets/bundled_hirl`` (cast_tiny with concepts); each
     overridable by its environment variable."""
     if name not in BUNDLED_MODELS:
         raise ValueError(f"no bundled model called {name!r}; bundled models: {', '.join(BUNDLED_MODELS)}")

@@ -1,5 +1,6 @@
-"""The bundled models: the default one (package data in cast/assets/bundled) and the app's three in assets/;
-small, loadable offline, and they segment photos."""
+"""The bundled models: the default one (an H-CAST cast_tiny, package data in cast/assets/bundled) and the
+app's three in assets/ (the flat cast_tiny, its ViT baseline, cast_tiny with HIRL concepts); small, loadable
+offline, and they segment photos."""
 
 import json
 from pathlib import Path
@@ -18,18 +19,23 @@ def test_bundled_files_and_size():
     shards = sorted(BUNDLED.glob("model-*-of-*.safetensors"))
     assert len(shards) >= 2 and sum(f.stat().st_size for f in shards) <= 15 * 2**20
     config = json.loads((BUNDLED / "config.json").read_text())
-    assert config["architecture"] == "cast_tiny" and len(config["info"]["class_names"]) == 10
-    assert (BUNDLED / "class_names.txt").read_text().split("\n")[0] == config["info"]["class_names"][0]
+    assert config["architecture"] == "hcast_tiny" and len(config["info"]["class_names"]) == 10
 
 
-def test_bundled_model_segments_an_example(monkeypatch):
+def test_bundled_model_answers_each_taxonomy_level(monkeypatch):
+    """The default: H-CAST cast_tiny, class head on the 32-segment stage, group head on the 16-segment one."""
     monkeypatch.delenv("CAST_BUNDLED_DIR", raising=False)
     predictor = cast.Predictor("bundled")
-    assert predictor.info.source == "bundled" and predictor.info.name == "cast_tiny"
+    assert predictor.info.source == "bundled" and predictor.info.name == "hcast_tiny"
+    assert isinstance(predictor.model, cast.HCAST) and predictor.model.level_classes == [10, 3]
+    assert predictor.info.taxonomy.level_names == ("class", "group") and predictor.info.class_names[0] == "car"
     example = sorted(Path(REPO_ROOT / "assets" / "examples").glob("partshapes_house_*.png"))[0]
     tree = predictor(example)
     assert tree.size == (160, 160) and tree.num_segments[3] >= 2
-    assert tree.level_predictions[3][0][0] == "house"
+    assert [(lv.name, lv.tree_level) for lv in tree.taxonomy.levels] == [("class", 2), ("group", 3)]
+    assert tree.taxonomy.argmax_path == ["house", "home and figures"] and tree.taxonomy.heads_agree
+    assert tree.taxonomy.consistent_path == ["house", "home and figures"]
+    assert all(n.taxonomy_predictions for n in tree.nodes if n.level in (2, 3))
     for lv in range(3):
         assert np.array_equal(tree.parents[lv][tree.label_maps[lv]], tree.label_maps[lv + 1])
 
@@ -50,17 +56,15 @@ def test_bundled_baseline_and_concept_models():
     assert size <= 16 * 2**20
 
 
-def test_bundled_hcast_model_answers_each_taxonomy_level():
-    """The H-CAST cast_tiny trained beside the default model (class and group heads, PartShapes' taxonomy)."""
-    predictor = cast.Predictor("bundled_hcast")
-    assert isinstance(predictor.model, cast.HCAST) and predictor.model.level_classes == [10, 3]
-    assert predictor.info.taxonomy.level_names == ("class", "group") and predictor.info.class_names[0] == "car"
+def test_bundled_flat_model_segments_an_example():
+    """The flat cast_tiny trained beside the default model (one head, same data and budget)."""
+    predictor = cast.Predictor("bundled_flat")
+    assert predictor.info.name == "cast_tiny" and not isinstance(predictor.model, cast.HCAST)
+    assert predictor.info.source == "bundled_flat" and len(predictor.info.class_names) == 10
     example = sorted(Path(REPO_ROOT / "assets" / "examples").glob("partshapes_house_*.png"))[0]
     tree = predictor(example)
-    assert [(lv.name, lv.tree_level) for lv in tree.taxonomy.levels] == [("class", 2), ("group", 3)]
-    assert tree.taxonomy.argmax_path == ["house", "home and figures"] and tree.taxonomy.heads_agree
-    assert all(n.taxonomy_predictions for n in tree.nodes if n.level in (2, 3))
-    shards = list((REPO_ROOT / "assets" / "bundled_hcast").glob("model-*.safetensors"))
+    assert tree.taxonomy is None and tree.level_predictions[3][0][0] == "house"
+    shards = list((REPO_ROOT / "assets" / "bundled_flat").glob("model-*.safetensors"))
     assert shards and sum(f.stat().st_size for f in shards) <= 15 * 2**20
 
 

@@ -270,6 +270,17 @@ def test_a_tree_carries_each_taxonomy_level_its_consistent_path_and_each_segment
     assert d["version"] == 3 and d["taxonomy"]["consistent_path"] == tree.taxonomy.consistent_path
     assert d["model"]["taxonomy"] == {"levels": ["species", "family", "order"], "classes": [6, 3, 2]}
     assert d["nodes"][0]["taxonomy_predictions"][0][0] in tax.classes[0]
+    # exports name each segment by its own prediction at its level (no head at level 4: "segment")
+    from cast.exports import SEGMENT_LABEL, coco_record, labelstudio_record
+
+    record = coco_record(tree, "photo.png")
+    for a in record["annotations"]:
+        node = tree.node(a["node"])
+        if node.level == 4:
+            assert a["category"] == SEGMENT_LABEL and a["score"] is None
+        else:
+            assert (a["category"], a["score"]) == (node.taxonomy_predictions[0][0], round(node.taxonomy_predictions[0][1], 6))
+    assert 0 < labelstudio_record(tree, "photo.png")["predictions"][0]["score"] <= 1
 
 
 def test_without_a_taxonomy_levels_get_default_names_and_no_path(tmp_path):
@@ -279,7 +290,7 @@ def test_without_a_taxonomy_levels_get_default_names_and_no_path(tmp_path):
     assert tree.taxonomy.levels[1].predictions[0][0].startswith("group ")
     assert tree.taxonomy.consistent_path is None and tree.taxonomy.heads_agree is None
     assert all((n.taxonomy_predictions is None) == (n.level in (1, 4)) for n in tree.nodes)
-    flat = cast.load_segmenter(cast.load_model("bundled"), refine=False)(photo(1))
+    flat = cast.load_segmenter(cast.load_model("bundled_flat"), refine=False)(photo(1))
     assert flat.taxonomy is None and json.loads(flat.to_json())["taxonomy"] is None
 
 
@@ -298,4 +309,5 @@ def test_the_cli_takes_a_taxonomy_and_refuses_one_that_does_not_fit(tmp_path, ca
     assert d["taxonomy"]["consistent_path"][0] in "abcdef"
     (tmp_path / "two.json").write_text(json.dumps([[0, 0], [1, 0], [2, 1]]))
     assert main(["segment", *common, "--out", str(tmp_path / "bad"), "--taxonomy", str(tmp_path / "two.json")]) == 2
-    assert "taxonomy" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "the taxonomy" in err and "does not fit" in err and "cannot load model" not in err

@@ -112,7 +112,7 @@ def test_the_wheel_holds_the_library_and_its_default_model_only(wheel):
     assert top == {"cast", f"cast_explorer-{cast.__version__}.dist-info"}, "no app, train, tests or benchmarks"
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo")) or "/." in n]
     bundled = {n.removeprefix("cast/assets/bundled/") for n in names if n.startswith("cast/assets/bundled/")}
-    assert {"config.json", "model.safetensors.index.json", "class_names.txt"} <= bundled
+    assert {"config.json", "model.safetensors.index.json"} <= bundled
     index = json.loads((ROOT / "cast" / "assets" / "bundled" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) <= bundled, "every shard of the bundled weights"
     assert {"cast/models/cast.py", "cast/models/features.py", "cast/__main__.py"} <= set(names)

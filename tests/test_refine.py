@@ -71,7 +71,7 @@ def test_refinement_only_moves_pixels_near_boundaries_and_only_to_neighbouring_s
 
 @pytest.fixture(scope="module")
 def bundled():
-    return cast.Predictor("bundled"), cast.Predictor("bundled", refine=False)
+    return cast.Predictor("bundled_flat"), cast.Predictor("bundled_flat", refine=False)
 
 
 def test_refined_trees_nest_and_agree_with_their_maps(bundled, photo):

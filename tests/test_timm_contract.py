@@ -68,6 +68,8 @@ def create(name: str, **kwargs) -> torch.nn.Module:
     """``timm.create_model(name, img_size=64, **kwargs)`` with seed 0: a fresh copy of one build."""
     kwargs = {"img_size": SIZE, **kwargs}
     key = repr((name, sorted(kwargs.items(), key=str)))
+    if any(not k.startswith(repr((name,))[:-2]) for k in _BUILT):
+        _BUILT.clear()  # another model's builds (a test parametrized over models itself)
     if key not in _BUILT:
         torch.manual_seed(0)
         _BUILT[key] = timm.create_model(name, **kwargs)
@@ -202,10 +204,13 @@ def _check_maps(model, outputs, size=SIZE):
         assert size / (2 * r) < o.shape[2] <= math.ceil(size / r) + 1 and size / (2 * r) < o.shape[3] <= math.ceil(size / r) + 1
 
 
-@pytest.mark.parametrize("feature_cls", [None, "getter", "list", FeatureGetterNet])
+# every feature_cls on the small models; the larger ones use the same wrapper
+FEATURE_CASES = [pytest.param(n, None, marks=() if n in SMALL else pytest.mark.slow) for n in ALL] + [
+    pytest.param(n, cls) for n in SMALL for cls in ("getter", "list", FeatureGetterNet)]
+
+
+@pytest.mark.parametrize(("name", "feature_cls"), FEATURE_CASES)
 def test_features_only_maps(name, feature_cls):
-    if feature_cls is not None and name not in SMALL:
-        pytest.skip("every feature_cls on the small models; the larger ones use the same wrapper")
     model = create(name, features_only=True, **({} if feature_cls is None else {"feature_cls": feature_cls})).eval()
     assert isinstance(model, FeatureGetterNet) and model.default_cfg["input_size"] == (3, SIZE, SIZE)
     x = inputs(name)

@@ -26,7 +26,7 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin, snapshot_download
 
 from ..errors import CheckpointFormatError, CheckpointMismatchError, WeightsNotAvailableError
-from ..taxonomy import Taxonomy
+from ..taxonomy import Taxonomy, TaxonomyMismatchError
 from ..weights import ModelInfo
 
 __all__ = [
@@ -188,11 +188,11 @@ def check_taxonomy(taxonomy: Taxonomy, model: torch.nn.Module, source: str) -> N
     as many fine classes as its head)."""
     levels = getattr(model, "level_classes", None)
     if levels is not None and getattr(model, "num_classes", 0) > 0 and tuple(levels) != taxonomy.sizes:
-        raise CheckpointFormatError(f"{source}: the taxonomy has {'/'.join(map(str, taxonomy.sizes))} classes per level, "
-                                    f"the model's heads {'/'.join(map(str, levels))}", short="the taxonomy does not fit the model")
+        raise TaxonomyMismatchError(f"{source}: the taxonomy has {'/'.join(map(str, taxonomy.sizes))} classes per level, "
+                                    f"the model's heads {'/'.join(map(str, levels))}")
     if levels is None and getattr(model, "num_classes", 0) not in (0, taxonomy.sizes[0]):
-        raise CheckpointFormatError(f"{source}: the taxonomy's finest level has {taxonomy.sizes[0]} classes, the model's "
-                                    f"head {model.num_classes}", short="the taxonomy does not fit the model")
+        raise TaxonomyMismatchError(f"{source}: the taxonomy's finest level has {taxonomy.sizes[0]} classes, the model's "
+                                    f"head {model.num_classes}")
 
 
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -86,9 +86,8 @@ def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
             toasts = page.locator("[data-testid='toast-text']", has_text="could not be loaded")
             expect(toasts.first).to_be_visible(timeout=30_000)
             expect(model_input).to_have_value(before, timeout=30_000)
-            page.locator("#status").click()  # leave the dropdown: no second attempt to load
-            page.wait_for_timeout(1000)
-            expect(toasts).to_have_count(1)
+            page.locator("#status").click()  # leave the dropdown: no second attempt to load (checked below,
+            # once the Compare round trips queued after it have come back)
 
             # Compare: CAST and ViT + k-means side by side, a click outlines the segment in both
             page.get_by_role("tab", name="Compare").click()
@@ -97,6 +96,7 @@ def test_upload_click_overlay_and_tree(app_server, uploads, tmp_path):
             page.wait_for_selector("#compare-vit img", timeout=60_000)
             click_at(page.locator("#compare-cast img"), 0.5, 0.5)
             expect(page.locator("#compare-summary")).to_contain_text("IoU", timeout=30_000)
+            expect(toasts).to_have_count(1)
             page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
             assert not errors, errors
         finally:

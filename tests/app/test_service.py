@@ -15,9 +15,9 @@ from tests.helpers import populate_hub_cache, random_state_dict, write_deit_file
 
 def test_selector_lists_published_bundled_and_own_folders(explorer, models_dir):
     choices = {c.name: c for c in explorer.models.choices()}
-    assert choices["bundled"].kind == "bundled"
-    assert choices["bundled_hcast"].kind == "bundled" and "H-CAST" in choices["bundled_hcast"].label
-    assert explorer.models.available_locally("bundled_hcast")
+    assert choices["bundled"].kind == "bundled" and "H-CAST" in choices["bundled"].label
+    assert choices["bundled_flat"].kind == "bundled" and "one head" in choices["bundled_flat"].label
+    assert explorer.models.available_locally("bundled_flat")
     assert {n for n, w in PUBLISHED.items() if w.arch.startswith("cast")} <= set(choices)
     assert {"cast_small_deep.deit_in1k", "cast_base_deep.mocov3_in1k"} <= set(choices)
     assert all("GB download" in choices[n].label for n, w in PUBLISHED.items() if w.arch.startswith("cast"))

@@ -65,3 +65,14 @@ def test_the_segment_panel_shows_the_segments_own_taxonomy_prediction(hcast_tree
     assert hcast_tree.taxonomy.levels[0].predictions[0][0] in whole
     fine = view.info(SegmentKey(Level.L1, 0))  # level 1: no head reads it
     assert fine.taxonomy_predictions is None and "No taxonomy head reads this level" in panel_html(fine, table, True)
+
+
+def test_the_tree_names_segments_no_head_reads_by_their_key(hcast_tree):
+    """Level 1 and 4 segments of an H-CAST tree have no class: the icicle labels them with their key."""
+    from app.render import icicle_html
+
+    page = icicle_html(hcast_tree, SegmentKey(Level.L1, 0))
+    fine = hcast_tree.nodes_at(1)[0]
+    assert fine.predictions == [] or not fine.predictions
+    assert page.count("<rect data-node=") == 1 + sum(hcast_tree.num_segments)
+    assert f'data-node="{fine.key}"' in page and 'class="node on-path selected" data-node="L1-0"' in page

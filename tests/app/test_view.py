@@ -176,7 +176,8 @@ def test_icicle_html_has_every_node_and_marks_the_path(result):
     assert f'class="node on-path selected" data-node="L1-{tree.superpixel_to_level1[0]}"' in sp_out
 
 
-def test_panels_say_what_the_model_says(view):
+def test_panels_say_what_the_model_says(explorer, uploads):
+    view = View.of(explorer.segment(uploads["wide.jpg"], "bundled_flat"))  # a flat head reads every level
     table = colours(view.tree)
     key = view.tree.nodes_at(4)[0].key
     info = view.info(key)

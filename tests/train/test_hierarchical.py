@@ -113,9 +113,9 @@ def test_config_errors_name_the_taxonomy(tmp_path):
 def test_hcast_fine_tunes_from_a_flat_cast_with_fresh_heads_and_resampled_positions(tmp_path):
     from train.engine import Trainer
 
-    flat = cast.load_model("bundled")  # cast_tiny at 160 px, a 10-class head
+    flat = cast.load_model("bundled_flat")  # cast_tiny at 160 px, a 10-class head
     cfg = tiny_cfg("partshapes_hcast_tiny.yaml", tmp_path, "model.kwargs={}", "data.image_size=96",
-                   "run.max_steps=1", "run.eval=false", "model.init=bundled")
+                   "run.max_steps=1", "run.eval=false", "model.init=bundled_flat")
     trainer = Trainer(cfg)
     mine, theirs = trainer.model.state_dict(), flat.state_dict()
     assert torch.equal(mine["blocks.3.attn.qkv.weight"], theirs["blocks.3.attn.qkv.weight"])
