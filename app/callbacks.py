@@ -132,8 +132,7 @@ class Callbacks:
     def panels(self, view: View, pending: bool = False) -> tuple[str, str]:
         """The selected-segment panel and the concepts panel."""
         info = view.info(view.selected) if view.selected else None
-        has_head = view.tree.level_predictions is not None or view.tree.taxonomy is not None
-        panel = panel_html(info, view_colours(view), has_head, pending)
+        panel = panel_html(info, view_colours(view), view.has_head, pending)
         return panel, concepts_html(view.tree, view.result.concept_thumbnails, info)
 
     def status_text(self, view: View) -> str:

@@ -277,8 +277,8 @@ def icicle_html(tree: Hierarchy, selected: SegmentKey | None, equal_width: bool 
             node = tree.node(key)
             fill = hex_colour(colour_of(table, key))
             share = node.area / area
-            label = _short(node.predictions) or str(key)
-            title = f"{key}: {share:.1%} of the image" + (f", {_short(node.predictions)}" if node.predictions else "")
+            label = _short(node.own_predictions) or str(key)
+            title = f"{key}: {share:.1%} of the image" + (f", {_short(node.own_predictions)}" if node.own_predictions else "")
         cls = "node"
         if selected:
             cls += " on-path" if key in path else " off-path"

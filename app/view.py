@@ -208,8 +208,12 @@ class View:
     def needs_recognition(self) -> bool:
         """Whether the selected segment's masked-image recognition is still to be computed."""
         key = self.selected
-        has_head = self.tree.level_predictions is not None or self.tree.taxonomy is not None
-        return bool(key is not None and key.is_node and has_head and key not in self.tree.segment_predictions)
+        return bool(key is not None and key.is_node and self.has_head and key not in self.tree.segment_predictions)
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the model classifies (a flat head or taxonomy heads)."""
+        return self.tree.level_predictions is not None or self.tree.taxonomy is not None
 
     # -- compare -------------------------------------------------------------------------
     def set_baseline(self, baseline: Hierarchy) -> None:

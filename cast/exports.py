@@ -90,9 +90,7 @@ class _Masks:
                                    "depth": ann.depth(r.id), "score": None, "ids": sorted(ann.leaves(r.id)), "map": 0})
             return
         for node in sorted(tree.nodes, key=lambda n: (-n.level, n.id)):
-            # a flat head's class, or (H-CAST) the segment's own prediction through its level's head
-            preds = node.predictions or node.taxonomy_predictions
-            top = preds[0] if preds else None
+            top = node.own_predictions[0] if node.own_predictions else None
             self.items.append({"node": str(node.key), "parent": None if node.parent is None else str(node.parent_key),
                                "label": top[0] if top else SEGMENT_LABEL, "level": node.level, "depth": 4 - node.level,
                                "score": None if top is None else round(float(top[1]), 6), "ids": [node.id],

@@ -98,6 +98,12 @@ class Node:
         return SegmentKey(Level(self.level), self.id)
 
     @property
+    def own_predictions(self) -> list[Prediction] | None:
+        """What the model says of this segment: its token through the flat head, or (hierarchical
+        models) through its level's head; None where no head reads it."""
+        return self.predictions or self.taxonomy_predictions
+
+    @property
     def parent_key(self) -> SegmentKey:
         """The parent's key; the root for level 4."""
         return SegmentKey(Level(self.level + 1), self.parent) if self.parent is not None else SegmentKey(Level.WHOLE)

@@ -68,7 +68,8 @@ def test_the_segment_panel_shows_the_segments_own_taxonomy_prediction(hcast_tree
 
 
 def test_the_tree_names_segments_no_head_reads_by_their_key(hcast_tree):
-    """Level 1 and 4 segments of an H-CAST tree have no class: the icicle labels them with their key."""
+    """Level 1 and 4 segments of an H-CAST tree have no class: the icicle labels them with their key;
+    the others with their own level's prediction."""
     from app.render import icicle_html
 
     page = icicle_html(hcast_tree, SegmentKey(Level.L1, 0))
@@ -76,3 +77,5 @@ def test_the_tree_names_segments_no_head_reads_by_their_key(hcast_tree):
     assert fine.predictions == [] or not fine.predictions
     assert page.count("<rect data-node=") == 1 + sum(hcast_tree.num_segments)
     assert f'data-node="{fine.key}"' in page and 'class="node on-path selected" data-node="L1-0"' in page
+    mid = hcast_tree.nodes_at(2)[0]  # the class head reads level 2: its segments are named by their own prediction
+    assert f"{mid.key}: " in page and f", {mid.taxonomy_predictions[0][0]}</title>" in page
