@@ -115,6 +115,19 @@ def test_the_hierarchy_gives_each_level_and_segment_its_head(tmp_path):
         assert flat.forward_hierarchy(x, sp).taxonomy_logits is None
 
 
+@pytest.mark.parametrize("global_pool", ["token", "avg"])
+def test_the_hierarchy_reads_the_heads_as_forward_does_for_either_pooling(global_pool):
+    model = timm.create_model("hcast_tiny", level_classes=(7, 3), global_pool=global_pool).eval()
+    x, sp = inputs(batch=2)
+    with torch.no_grad():
+        logits, out = model(x, sp), model.forward_hierarchy(x, sp)
+        for mine, theirs in zip(out.taxonomy_logits, logits, strict=True):
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+        if global_pool == "avg":  # the segments' mean, not [CLS]: a different input than token pooling's
+            model.global_pool = "token"
+            assert not torch.allclose(model(x, sp)[0], logits[0], atol=1e-3)
+
+
 def test_files_that_do_not_fit_are_refused_with_their_keys(tmp_path):
     sd = official_hcast_sd((20, 6, 3))
     sd["family_head.weight"] = sd["family_head.weight"][:, :100]

@@ -456,13 +456,13 @@ class CAST(
             raise RuntimeError("the hierarchy needs every stage and pooling, and this model was pruned "
                                "(prune_intermediate_layers); use forward_intermediates")
         x, cls, input_padding, _ = self.embed_segments(images, superpixels, num_superpixels)
-        level_cls: list[torch.Tensor] = []
+        stage_outputs: list[torch.Tensor] = []
         stage_tokens: list[torch.Tensor] = []
         pooled: list[PoolResult] = []
         final = None
         for y, r in self._run_stages(x, cls, input_padding, pool_last=True):
             assert r is not None
-            level_cls.append(y[:, 0])
+            stage_outputs.append(y)
             stage_tokens.append(y[:, 1:])
             pooled.append(r)
             final = y
@@ -484,17 +484,17 @@ class CAST(
             segment_features=segment_features,
             padding=input_padding,
             features=features,
-            **self._read_heads(features, level_cls, segment_tokens, segment_features),
+            **self._read_heads(features, stage_outputs, segment_tokens, segment_features),
         )
 
-    def _read_heads(self, features: torch.Tensor, stage_cls: list[torch.Tensor], segment_tokens: list[torch.Tensor],
+    def _read_heads(self, features: torch.Tensor, stage_outputs: list[torch.Tensor], segment_tokens: list[torch.Tensor],
                     segment_features: list[torch.Tensor]) -> dict[str, Any]:
         """The :class:`CastOutput` fields the classifier gives, from the pass's pooled feature, each stage's raw
-        [CLS] and each level's segment tokens (raw and normed): the one head on the final feature, on every
-        stage's normed [CLS] and on every segment (H-CAST reads its heads here instead)."""
+        ``[B, 1 + N, C]`` output and each level's segment tokens (raw and normed): the one head on the final
+        feature, on every stage's normed [CLS] and on every segment (H-CAST reads its heads here instead)."""
         if not isinstance(self.head, nn.Linear):
             return dict(logits=None, level_logits=None, segment_logits=None)
-        return dict(logits=self.head(features), level_logits=[self.head(self.norm(c)) for c in stage_cls],
+        return dict(logits=self.head(features), level_logits=[self.head(self.norm(y[:, 0])) for y in stage_outputs],
                     segment_logits=[self.head(f) for f in segment_features])
 
     def classify_embed(self, images: torch.Tensor, superpixels: torch.Tensor,

@@ -153,18 +153,17 @@ class HCAST(CAST):
         x, cls, padding, _ = self.embed_segments(images, superpixels, num_superpixels)
         return [y for y, _ in self._run_stages(x, cls, padding)]
 
-    def _read_heads(self, features: torch.Tensor, stage_cls: list[torch.Tensor], segment_tokens: list[torch.Tensor],
+    def _read_heads(self, features: torch.Tensor, stage_outputs: list[torch.Tensor], segment_tokens: list[torch.Tensor],
                     segment_features: list[torch.Tensor]) -> dict[str, Any]:
-        """Per taxonomy level: its head on the [CLS] it reads, the tree level it reads, and each segment of
-        that level through the same head (its own token after the same stage, normed like the [CLS])."""
+        """Per taxonomy level: its head on its stage's pooled token exactly as :meth:`forward` reads it, the
+        tree level it reads, and each segment of that level through the same head (its own token after the
+        same stage, normed like the head's input)."""
         if not self.has_heads:
             return dict(taxonomy_tree_levels=self.tree_levels)
         last = len(self.depths) - 1
-        level_logits, segment_logits = [], []
-        for head, stage in zip(self.heads, self.read_stages):
-            level_logits.append(head(self.norm(stage_cls[stage]) if stage == last else stage_cls[stage]))
-            # the level-`stage` segments' tokens after this stage's blocks
-            segment_logits.append(head(segment_features[stage - 1] if stage == last else segment_tokens[stage - 1]))
+        segment_logits = [head(segment_features[stage - 1] if stage == last else segment_tokens[stage - 1])
+                          for head, stage in zip(self.heads, self.read_stages)]  # level-`stage` segments after its blocks
+        level_logits = self._read_levels(stage_outputs)
         return dict(logits=level_logits[0], taxonomy_logits=level_logits, taxonomy_tree_levels=self.tree_levels,
                     segment_taxonomy_logits=segment_logits)
 
