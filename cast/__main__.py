@@ -57,6 +57,17 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Path] | list[str], list[str]
     return _collect(args.inputs, args.recursive)
 
 
+def _load_error(args: argparse.Namespace, e: Exception) -> int:
+    """Report a model (or its taxonomy) that cannot be loaded; the exit code."""
+    from .taxonomy import TaxonomyError
+
+    if isinstance(e, TaxonomyError):
+        print(f"error: the taxonomy {args.taxonomy!r} does not fit the model {args.model!r}: {e}", file=sys.stderr)
+    else:
+        print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
+    return 2
+
+
 def _run_engine(args: argparse.Namespace, job: object) -> int:
     """Run the job on the chosen engine; the images segmented now."""
     from . import load_segmenter
@@ -113,12 +124,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     except BatchMismatchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except TaxonomyError as e:
-        print(f"error: the taxonomy {args.taxonomy!r} does not fit the model {args.model!r}: {e}", file=sys.stderr)
-        return 2
-    except CastError as e:
-        print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
-        return 2
+    except (TaxonomyError, CastError) as e:
+        return _load_error(args, e)
     mine = sum(len(b) for b in job.batches())
     print(f"{done} segmented now, {mine - len(job.failed)} of {mine} inputs of this shard done in {args.out}"
           + (f" (shard {shard[0]}/{shard[1]} of {len(files)})" if shard[1] > 1 else ""), file=sys.stderr)
@@ -174,6 +181,7 @@ def cmd_serve_labelstudio(args: argparse.Namespace) -> int:
 
     from . import CastError
     from .labelstudio import create_server, fetch_settings_from_env
+    from .taxonomy import TaxonomyError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.threads:
@@ -192,10 +200,9 @@ def cmd_serve_labelstudio(args: argparse.Namespace) -> int:
     try:
         server = create_server(args.model, args.host, args.port, args.levels,
                                tuple(auth.split(":", 1)) if auth else None,  # type: ignore[arg-type]
-                               fetch, args.cache, args.device, not args.no_refine)
-    except CastError as e:
-        print(f"error: cannot load model {args.model!r}: {e}", file=sys.stderr)
-        return 2
+                               fetch, args.cache, args.device, not args.no_refine, taxonomy=args.taxonomy)
+    except (TaxonomyError, CastError) as e:
+        return _load_error(args, e)
     except OSError as e:
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2
@@ -258,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     models.set_defaults(func=cmd_models)
     ls = sub.add_parser("serve-labelstudio", help="serve a model to Label Studio (its ML backend protocol)")
     ls.add_argument("--model", default="bundled", help="published name, 'bundled', a file, a folder or a Hub repo id")
+    ls.add_argument("--taxonomy", default=None, metavar="FILE",
+                    help="hierarchical (H-CAST) models: JSON with the class names per level and each class's parent")
     ls.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     ls.add_argument("--port", type=int, default=9090)
     ls.add_argument("--levels", type=_levels, default=(1, 2, 3, 4), help="tree levels pre-annotated, e.g. 3,4")

@@ -324,3 +324,46 @@ def test_the_cli_takes_a_taxonomy_and_refuses_one_that_does_not_fit(tmp_path, ca
     assert main(["segment", *common, "--out", str(tmp_path / "bad"), "--taxonomy", str(tmp_path / "two.json")]) == 2
     err = capsys.readouterr().err
     assert "the taxonomy" in err and "does not fit" in err and "cannot load model" not in err
+    # the Label Studio backend takes the same option and says the same
+    assert main(["serve-labelstudio", "--model", str(weights), "--port", "0", "--taxonomy", str(tmp_path / "two.json")]) == 2
+    err = capsys.readouterr().err
+    assert "the taxonomy" in err and "does not fit" in err and "cannot load model" not in err
+
+
+def test_the_label_studio_backend_takes_a_taxonomy_and_names_clicked_segments_by_their_level(tmp_path):
+    import base64
+    import urllib.request
+
+    from PIL import Image
+
+    from cast.exports import GRANULARITY
+    from cast.labelstudio import FetchSettings, create_server
+    from cast.labelstudio.config import labeling_config
+
+    weights = write_deit_file(tmp_path / "h.pth", official_hcast_sd((6, 3, 2), seed=4))
+    taxonomy_3().save(tmp_path / "tax.json")
+    Image.fromarray(photo()).save(tmp_path / "photo.png")
+    server = create_server(str(weights), port=0, basic_auth=("u", "p"), fetch=FetchSettings(local_root=tmp_path),
+                           refine=False, taxonomy=str(tmp_path / "tax.json"))
+    server.serve_in_thread()
+    try:
+        tree = server.backend.segmenter(photo())
+        config = labeling_config(labels=[name for level in taxonomy_3().classes for name in level])
+        for level in (1, 2, 3):  # "fine part", "sub-part", "part": the species, family and order heads
+            click = {"type": "keypointlabels", "is_positive": True, "original_width": 240, "original_height": 180,
+                     "value": {"x": 25.0, "y": 50.0, "keypointlabels": [GRANULARITY[level]]}}
+            body = {"tasks": [{"id": 1, "data": {"image": "photo.png"}}], "label_config": config,
+                    "params": {"context": {"result": [click]}}}
+            req = urllib.request.Request(server.url + "/predict", data=json.dumps(body).encode(), method="POST",
+                                         headers={"Content-Type": "application/json",
+                                                  "Authorization": "Basic " + base64.b64encode(b"u:p").decode()})
+            with urllib.request.urlopen(req, timeout=120) as r:
+                (answer,) = json.loads(r.read())["results"]
+            node = tree.node(level, tree.segment_at(60, 90, level))
+            name, prob = node.taxonomy_predictions[0]
+            assert name in taxonomy_3().classes[level - 1]
+            assert answer["result"][0]["value"]["brushlabels"] == [name]
+            assert answer["score"] == pytest.approx(prob, abs=1e-6)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -42,13 +42,15 @@ def fetch_settings_from_env(**overrides: object) -> FetchSettings:
 
 def create_server(model: str = "bundled", host: str = "127.0.0.1", port: int = 9090, levels: Sequence[int] = (1, 2, 3, 4),
                   basic_auth: tuple[str, str] | None = None, fetch: FetchSettings | None = None, cache_size: int = 32,
-                  device: str | None = None, refine: bool = True, model_version: str | None = None) -> BackendServer:
-    """Load ``model`` (any source :func:`cast.load_model` takes) and return its backend server,
-    not yet serving (``serve_forever()`` or ``serve_in_thread()``; ``port=0`` picks a free port).
-    ``model_version`` defaults to the model's name as given (a folder's name for a folder)."""
+                  device: str | None = None, refine: bool = True, model_version: str | None = None,
+                  taxonomy: str | None = None) -> BackendServer:
+    """Load ``model`` (any source :func:`cast.load_model` takes; ``taxonomy``: a taxonomy file for an
+    official H-CAST checkpoint) and return its backend server, not yet serving (``serve_forever()`` or
+    ``serve_in_thread()``; ``port=0`` picks a free port). ``model_version`` defaults to the model's
+    name as given (a folder's name for a folder)."""
     from ..predictor import load_segmenter
 
-    segmenter = load_segmenter(model, device=device, refine=refine)
+    segmenter = load_segmenter(model, device=device, refine=refine, taxonomy=taxonomy)
     version = model_version or (Path(model).name if os.path.exists(model) else model)
     backend = LabelStudioBackend(segmenter, version, ImageFetcher(fetch or fetch_settings_from_env()), levels, cache_size)
     return make_server(backend, host, port, basic_auth)

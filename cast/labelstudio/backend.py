@@ -305,7 +305,7 @@ class LabelStudioBackend:
         labels = tree.label_map(level)
         mask = np.isin(labels, ids)
         nodes = [tree.node(level, i) for i in ids]
-        score = float(np.mean([n.predictions[0][1] for n in nodes])) if all(n.predictions for n in nodes) else None
+        score = float(np.mean([n.own_predictions[0][1] for n in nodes])) if all(n.own_predictions for n in nodes) else None
         region = self._region(tree, mask, f"L{level}-" + "+".join(map(str, ids)), label, nodes[0], config)
         return _answer(region, score, self.model_version)
 
@@ -345,7 +345,7 @@ class LabelStudioBackend:
         if prompt_label is not None and prompt_label in labels:
             label = prompt_label
         else:
-            label = target.label(node.predictions[0][0] if node.predictions else "", node.level)
+            label = target.label(node.own_predictions[0][0] if node.own_predictions else "", node.level)
         return target.brush_region(region_id, label, ls_rle_encode(mask), tree.size)
 
 
