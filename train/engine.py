@@ -179,6 +179,8 @@ class Trainer:
             self.ema = ModelEmaV3(self.model, decay=cfg.run.ema_decay)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_metric = -math.inf
+        self.wall_before = 0.0  # seconds this run trained in earlier sittings (restored on resume)
+        self.t_sitting = time.perf_counter()
         self.history: list[dict[str, Any]] = []
         self.writer = None
         if ckpt is not None:
@@ -228,6 +230,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
             "best_metric": self.best_metric, "history": self.history,
+            "train_wall_s": self.train_wall_s(),
             "rng": rng_state(),
             "config": config_to_dict(self.cfg),
             "model_name": self.cfg.model.name,
@@ -235,6 +238,11 @@ class Trainer:
             "class_names": self.data.class_names,
             "taxonomy": None if self.taxonomy is None else self.taxonomy.to_dict(),
         }
+
+    def train_wall_s(self) -> float:
+        """Wall time the run has taken so far, over every sitting (work redone after an interruption
+        counts once: a sitting's time runs from its checkpoint)."""
+        return self.wall_before + time.perf_counter() - self.t_sitting
 
     def save(self, name: str) -> None:
         if self.dist.is_main:
@@ -251,6 +259,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         self.best_metric = ckpt["best_metric"]
         self.history = list(ckpt.get("history", []))
+        self.wall_before = float(ckpt.get("train_wall_s", 0.0))
         set_rng_state(ckpt["rng"])
         self._log_line({"event": "resume", "from": str(path), "step": self.step, "epoch": self.epoch})
 
@@ -289,7 +298,7 @@ class Trainer:
                             "lr": self.lr, "steps_per_epoch": self.steps_per_epoch, "device": str(self.device)})
         accum = cfg.optim.accum_steps
         stop = False
-        t_start = time.perf_counter()
+        t_start = self.t_sitting = time.perf_counter()
         try:
             while self.epoch < cfg.schedule.epochs and not stop:
                 stop = self._train_epoch(accum)
@@ -299,7 +308,8 @@ class Trainer:
                 self.batch_in_epoch = 0
                 metrics = self.validate() if cfg.run.eval else {}
                 record = {"event": "epoch", "epoch": self.epoch, "step": self.step,
-                          "wall_s": round(time.perf_counter() - t_start, 1), **metrics}
+                          "wall_s": round(time.perf_counter() - t_start, 1),  # this sitting
+                          "train_wall_s": round(self.train_wall_s(), 1), **metrics}  # every sitting, up to here
                 self.history.append(record)
                 self._log_line(record)
                 for k, v in metrics.items():

@@ -151,8 +151,9 @@ def test_sigkill_then_resume_auto_repeats_the_same_losses(tmp_path):
     proc.wait()
     killed_at = max(step_losses(read_metrics(metrics.parent)))
     assert 11 <= killed_at < 24, "the run must be killed in the middle"
-    saved = torch.load(metrics.parent / "last.pt", weights_only=True)["step"]
-    assert saved <= killed_at and saved % 2 == 0
+    last = torch.load(metrics.parent / "last.pt", weights_only=True)
+    saved, saved_wall = last["step"], last["train_wall_s"]
+    assert saved <= killed_at and saved % 2 == 0 and saved_wall > 0
 
     resumed = run_train(*fit_args(kill_dir))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -164,6 +165,11 @@ def test_sigkill_then_resume_auto_repeats_the_same_losses(tmp_path):
     for step, (loss, lr) in after.items():
         assert loss == pytest.approx(reference[step][0], rel=1e-5, abs=1e-6), f"step {step}"
         assert lr == pytest.approx(reference[step][1], rel=1e-9)
+    # the run's wall time goes on from the checkpoint's: each epoch record has this sitting's and the whole run's
+    for rec in (r for r in records[records.index(resume_event[-1]):] if r.get("event") == "epoch"):
+        assert rec["train_wall_s"] == pytest.approx(saved_wall + rec["wall_s"], abs=0.5)
+    for rec in (r for r in read_metrics(ref_dir / "partshapes_cast_tiny") if r.get("event") == "epoch"):
+        assert rec["train_wall_s"] == pytest.approx(rec["wall_s"], abs=0.5)  # one sitting
 
 
 def test_config_errors(tmp_path):
