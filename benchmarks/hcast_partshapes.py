@@ -1,9 +1,11 @@
-"""H-CAST cast_tiny vs flat cast_tiny vs Hier-ViT-Tiny on PartShapes, at the same budget.
+"""H-CAST cast_tiny vs flat cast_tiny vs Hier-ViT-Tiny on PartShapes, compared at equal budgets.
 
 Collects the training runs (per-epoch validation from each ``metrics.jsonl``, wall time from the run
 folder) and the test evaluations (``python -m train evaluate ... --out DIR``: per-level top-1, FPA,
-TICE and the segmentation metrics) into one results file, checks the issue's targets, and writes the
-table into ``docs/taxonomy.md`` between its results markers.
+TICE and the segmentation metrics) into one results file, checks the issue's targets per budget
+(H-CAST against the baselines trained for the same number of epochs), and writes the table into
+``docs/taxonomy.md`` between its results markers. A budget whose baseline has no evaluation yet is
+reported as such, never compared with another budget's.
 
 Usage (after training and evaluating; see docs/taxonomy.md#results)::
 
@@ -15,16 +17,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = [  # (label, evaluation file stem, training run folder name or None)
-    ("H-CAST cast_tiny", "hcast_tiny", "hcast_tiny"),  # the default bundled model (`bundled`)
-    ("flat cast_tiny", "cast_tiny", None),  # `bundled_flat`: trained with partshapes_cast_tiny.yaml
-    ("Hier-ViT-Tiny", "hier_vit_tiny", "hier_vit_tiny"),
+HCAST, FLAT, VIT = "H-CAST cast_tiny", "flat cast_tiny", "Hier-ViT-Tiny"
+MODELS = [  # (label, epochs of 6000 images, evaluation file stem, training run folder or None)
+    (HCAST, 8, "hcast_tiny", "hcast_tiny"),
+    (FLAT, 8, "cast_tiny", None),  # `bundled_flat`: trained with partshapes_cast_tiny.yaml
+    (VIT, 8, "hier_vit_tiny", "hier_vit_tiny"),
+    (HCAST, 24, "hcast_tiny_24ep", "hcast_tiny_long"),  # the default bundled model (`bundled`)
+    (FLAT, 24, "cast_tiny_24ep", "cast_tiny_long"),
+    (VIT, 24, "hier_vit_tiny_24ep", "hier_vit_tiny_long"),
 ]
 START, END = "<!-- hcast-results:start -->", "<!-- hcast-results:end -->"
 
@@ -33,7 +40,15 @@ def run_summary(run: Path) -> dict[str, Any]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r.get("event") == "epoch"]
     keep = ("top1", "top1_class", "top1_group", "fpa", "tice")
-    return {"epochs": len(epochs), "wall_minutes": round(epochs[-1]["wall_s"] / 60, 1) if epochs else None,
+    # wall time over every sitting: recorded by the trainer since train_wall_s; before that only a run
+    # that was never resumed tells it (its one sitting's wall_s)
+    wall = None
+    if epochs and "train_wall_s" in epochs[-1]:
+        wall = epochs[-1]["train_wall_s"]
+    elif epochs and not any(r.get("event") == "resume" for r in records):
+        wall = epochs[-1]["wall_s"]
+    return {"epochs": len(epochs), "wall_minutes": round(wall / 60, 1) if wall is not None else None,
+            "resumed": sum(r.get("event") == "resume" for r in records),
             "val_per_epoch": [{k: round(r[k], 3) for k in keep if k in r} for r in epochs]}
 
 
@@ -42,10 +57,10 @@ def best_level(levels: dict[str, Any], key: str) -> tuple[float, str] | None:
     return max(vals) if vals else None
 
 
-def row(label: str, ev: dict[str, Any]) -> str:
+def row(label: str, epochs: int, ev: dict[str, Any]) -> str:
     tax = ev["taxonomy"]
     per_level = " / ".join(f"{v:.3f}" for v in tax["top1"])
-    cells = [label, per_level, f"{tax['fpa']:.3f}", f"{tax['tice']:.3f}",
+    cells = [label, str(epochs), per_level, f"{tax['fpa']:.3f}", f"{tax['tice']:.3f}",
              f"{tax['fpa_consistent']:.3f}" if "fpa_consistent" in tax else "–"]
     for key in ("object_miou_oracle", "part_miou_oracle"):
         best = best_level(ev.get("levels", {}), key)
@@ -53,36 +68,67 @@ def row(label: str, ev: dict[str, Any]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def targets_at(evals: dict[tuple[str, int], dict[str, Any]], epochs: int) -> dict[str, Any]:
+    """The issue's targets for the H-CAST run of this budget: [values, met], met None without a baseline."""
+    h, flat, vit = (evals.get((label, epochs)) for label in (HCAST, FLAT, VIT))
+    tax_h = h["taxonomy"]
+    out: dict[str, Any] = {
+        "fpa >= 0.90": [round(tax_h["fpa"], 3), tax_h["fpa"] >= 0.90],
+        "tice <= 0.02": [round(tax_h["tice"], 3), tax_h["tice"] <= 0.02],
+    }
+
+    def versus(name: str, other: dict[str, Any] | None, mine: float, theirs_of, ok) -> None:
+        if other is None:
+            out[name] = [[round(mine, 3), None], None]
+        else:
+            theirs = theirs_of(other)
+            out[name] = [[round(mine, 3), round(theirs, 3)], ok(mine, theirs)]
+
+    versus("fine top-1 >= flat cast_tiny's", flat, tax_h["top1"][0], lambda e: e["taxonomy"]["top1"][0],
+           lambda a, b: a >= b)
+    versus("fpa >= Hier-ViT's + 0.10", vit, tax_h["fpa"], lambda e: e["taxonomy"]["fpa"], lambda a, b: a >= b + 0.10)
+    for key in ("part_miou_oracle", "object_miou_oracle"):
+        mine = best_level(h.get("levels", {}), key)
+        if mine:
+            versus(f"{key} >= flat's - 0.02", flat, mine[0],
+                   lambda e, key=key: (best_level(e.get("levels", {}), key) or (float("nan"),))[0],
+                   lambda a, b: a >= b - 0.02)
+    return out
+
+
+def verdict(met: bool | None) -> str:
+    return "met" if met else ("no baseline trained for this budget yet" if met is None else "**not met**")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", default="runs", help="folder holding the hcast_tiny and hier_vit_tiny run folders")
+    ap.add_argument("--runs", default="runs", help="folder holding the run folders named in MODELS")
     ap.add_argument("--evals", default="benchmarks/results/taxonomy", help="folder of the evaluate JSON files")
     ap.add_argument("--out", default="benchmarks/results/hcast_partshapes.json")
     ap.add_argument("--doc", default="docs/taxonomy.md")
     args = ap.parse_args()
-    evals = {stem: json.loads((Path(args.evals) / f"{stem}.json").read_text()) for _, stem, _ in MODELS}
-    runs = {run: run_summary(Path(args.runs) / run) for _, _, run in MODELS if run and (Path(args.runs) / run).is_dir()}
-    h, flat, vit = (evals[stem] for _, stem, _ in MODELS)
-    tax_h = h["taxonomy"]
-    targets = {
-        "fpa >= 0.90": [tax_h["fpa"], tax_h["fpa"] >= 0.90],
-        "tice <= 0.02": [tax_h["tice"], tax_h["tice"] <= 0.02],
-        "fine top-1 >= flat cast_tiny's": [[tax_h["top1"][0], flat["taxonomy"]["top1"][0]],
-                                           tax_h["top1"][0] >= flat["taxonomy"]["top1"][0]],
-        "fpa >= Hier-ViT's + 0.10": [[tax_h["fpa"], vit["taxonomy"]["fpa"]], tax_h["fpa"] >= vit["taxonomy"]["fpa"] + 0.10],
-    }
-    for key in ("part_miou_oracle", "object_miou_oracle"):
-        mine, theirs = best_level(h["levels"], key), best_level(flat["levels"], key)
-        if mine and theirs:
-            targets[f"{key} >= flat's - 0.02"] = [[mine[0], theirs[0]], mine[0] >= theirs[0] - 0.02]
-    result = {"machine": f"{platform.machine()}, 2 cores", "data": h["data"], "images": h["images"],
-              "levels": tax_h["levels"], "runs": runs, "test": evals, "targets": targets}
+    evals = {(label, epochs): json.loads((Path(args.evals) / f"{stem}.json").read_text())
+             for label, epochs, stem, _ in MODELS if (Path(args.evals) / f"{stem}.json").is_file()}
+    if not evals:
+        sys.exit(f"no evaluation files in {args.evals}; run `python -m train evaluate ... --out {args.evals}` first")
+    runs = {run: run_summary(Path(args.runs) / run) for _, _, _, run in MODELS
+            if run and (Path(args.runs) / run / "metrics.jsonl").is_file()}
+    budgets = sorted({epochs for label, epochs in evals if label == HCAST})
+    targets = {f"{epochs} epochs": targets_at(evals, epochs) for epochs in budgets}
+    first = next(iter(evals.values()))
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "data": first["data"],
+              "images": first["images"], "levels": first["taxonomy"]["levels"], "runs": runs,
+              "test": {f"{label}, {epochs} epochs": ev for (label, epochs), ev in evals.items()},
+              "targets": targets}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    head = ("| model | top-1 per level (class / group) | FPA | TICE | FPA, consistent path | object mIoU oracle (level) "
-            "| part mIoU oracle (level) |\n|---|---|---|---|---|---|---|\n")
-    table = head + "\n".join(row(label, evals[stem]) for label, stem, _ in MODELS)
-    met = "\n".join(f"- {k}: {json.dumps(v[0])} — {'met' if v[1] else '**not met**'}" for k, v in targets.items())
-    block = f"{START}\n{table}\n\nTargets (H-CAST cast_tiny):\n\n{met}\n{END}"
+    head = ("| model | epochs | top-1 per level (class / group) | FPA | TICE | FPA, consistent path "
+            "| object mIoU oracle (level) | part mIoU oracle (level) |\n|---|---|---|---|---|---|---|---|\n")
+    table = head + "\n".join(row(label, epochs, evals[label, epochs]) for label, epochs, _, _ in MODELS
+                             if (label, epochs) in evals)
+    met = "\n\n".join(f"Targets, H-CAST cast_tiny at {budget}:\n\n"
+                      + "\n".join(f"- {k}: {json.dumps(v[0])} — {verdict(v[1])}" for k, v in t.items())
+                      for budget, t in targets.items())
+    block = f"{START}\n{table}\n\n{met}\n{END}"
     doc = Path(args.doc)
     text = doc.read_text()
     if START in text and END in text:

@@ -19,8 +19,8 @@ __all__ = [
 ]
 
 HUB_REPO = "twke/CAST"
-BUNDLED = "bundled"  # the default: an H-CAST cast_tiny (class and group heads, PartShapes' taxonomy)
-BUNDLED_FLAT = "bundled_flat"  # the flat cast_tiny (one head) trained on the same data at the same budget
+BUNDLED = "bundled"  # the default: an H-CAST cast_tiny (class and group heads, PartShapes' taxonomy; 24 epochs)
+BUNDLED_FLAT = "bundled_flat"  # the flat cast_tiny (one head) trained on the same data (8 epochs)
 BUNDLED_BASELINE = "bundled_vit"  # the ViT trained beside the bundled CAST (same data and budget), for comparisons
 BUNDLED_CONCEPTS = "bundled_hirl"  # a self-supervised cast_tiny trained with HIRL (concept hierarchy, no classifier)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

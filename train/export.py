@@ -78,6 +78,8 @@ pipeline_tag: image-classification
 {concepts_row}
 ## Metrics
 
+On the run's validation split, at the exported checkpoint's epoch (`epochs_trained`).
+
 | metric | value |
 |---|---|
 {rows or "| (none) | |"}
