@@ -105,7 +105,7 @@ def build_objective(cfg: TrainConfig, model: nn.Module, num_classes: int, num_tr
     if cfg.objective == "supervised":
         a = cfg.aug
         if taxonomy is not None and hierarchical(cfg):
-            return Hierarchical(model, torch.as_tensor(taxonomy.paths()), taxonomy.sizes, a.mixup, a.cutmix, a.mix_prob,
+            return Hierarchical(model, torch.tensor(taxonomy.paths()), taxonomy.sizes, a.mixup, a.cutmix, a.mix_prob,
                                 a.label_smoothing, cfg.taxonomy.tree_kl_weight)
         return Supervised(model, num_classes, a.mixup, a.cutmix, a.mix_prob, a.label_smoothing)
     m = cfg.moco
@@ -498,7 +498,7 @@ class Trainer:
         """Per-level top-1, full-path accuracy and tree-inconsistency error (``top1`` = the fine level's),
         over every rank's images (:func:`cast.taxonomy.hierarchical_metrics`)."""
         assert self.taxonomy is not None
-        paths = torch.as_tensor(self.taxonomy.paths(), device=self.device)
+        paths = torch.tensor(self.taxonomy.paths(), device=self.device)
         predicted, truth = [], []
         for batch in loader:
             x, sp, y = self._to_device(batch)

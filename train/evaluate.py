@@ -357,7 +357,7 @@ def evaluate_run(run: str | Path, data: EvalData, progress: bool = True) -> dict
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["model"].items() if k.startswith("model.")})
     model.eval()
     view = eval_view(cfg.data.image_size, None)  # what the run's validation saw: resized whole, normalised
-    paths = torch.as_tensor(taxonomy.paths())
+    paths = torch.tensor(taxonomy.paths())
     predicted, truth = [], []
     for i in tqdm(range(len(data)), desc=f"evaluate {path.parent.name}", unit="img", disable=not progress):
         image, label, _, _ = data.samples[i]

@@ -56,7 +56,7 @@ def test_the_loss_is_per_level_cross_entropy_plus_the_tree_path_kl():
     logits = [torch.randn(4, n, generator=g) for n in tax.sizes]
     fine = torch.tensor([0, 4, 7, 9])
     batch = (torch.zeros(4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long), fine)
-    paths = torch.as_tensor(tax.paths())
+    paths = torch.tensor(tax.paths())
     for weight in (0.0, 0.5):
         objective = Hierarchical(Fixed(logits), paths, tax.sizes, label_smoothing=0.1, tree_kl_weight=weight).train()
         got = objective(batch)["loss"]
