@@ -77,22 +77,17 @@ def targets_at(evals: dict[tuple[str, int], dict[str, Any]], epochs: int) -> dic
         "tice <= 0.02": [round(tax_h["tice"], 3), tax_h["tice"] <= 0.02],
     }
 
-    def versus(name: str, other: dict[str, Any] | None, mine: float, theirs_of, ok) -> None:
-        if other is None:
-            out[name] = [[round(mine, 3), None], None]
-        else:
-            theirs = theirs_of(other)
-            out[name] = [[round(mine, 3), round(theirs, 3)], ok(mine, theirs)]
+    def versus(name: str, mine: float, theirs: float | None, ok: bool) -> None:
+        out[name] = [[round(mine, 3), None if theirs is None else round(theirs, 3)], None if theirs is None else ok]
 
-    versus("fine top-1 >= flat cast_tiny's", flat, tax_h["top1"][0], lambda e: e["taxonomy"]["top1"][0],
-           lambda a, b: a >= b)
-    versus("fpa >= Hier-ViT's + 0.10", vit, tax_h["fpa"], lambda e: e["taxonomy"]["fpa"], lambda a, b: a >= b + 0.10)
+    f = flat["taxonomy"]["top1"][0] if flat else None
+    versus("fine top-1 >= flat cast_tiny's", tax_h["top1"][0], f, f is not None and tax_h["top1"][0] >= f)
+    v = vit["taxonomy"]["fpa"] if vit else None
+    versus("fpa >= Hier-ViT's + 0.10", tax_h["fpa"], v, v is not None and tax_h["fpa"] >= v + 0.10)
     for key in ("part_miou_oracle", "object_miou_oracle"):
-        mine = best_level(h.get("levels", {}), key)
+        mine, theirs = best_level(h.get("levels", {}), key), best_level(flat.get("levels", {}), key) if flat else None
         if mine:
-            versus(f"{key} >= flat's - 0.02", flat, mine[0],
-                   lambda e, key=key: (best_level(e.get("levels", {}), key) or (float("nan"),))[0],
-                   lambda a, b: a >= b - 0.02)
+            versus(f"{key} >= flat's - 0.02", mine[0], theirs and theirs[0], bool(theirs) and mine[0] >= theirs[0] - 0.02)
     return out
 
 

@@ -298,7 +298,7 @@ class Trainer:
                             "lr": self.lr, "steps_per_epoch": self.steps_per_epoch, "device": str(self.device)})
         accum = cfg.optim.accum_steps
         stop = False
-        t_start = self.t_sitting = time.perf_counter()
+        self.t_sitting = time.perf_counter()
         try:
             while self.epoch < cfg.schedule.epochs and not stop:
                 stop = self._train_epoch(accum)
@@ -308,7 +308,7 @@ class Trainer:
                 self.batch_in_epoch = 0
                 metrics = self.validate() if cfg.run.eval else {}
                 record = {"event": "epoch", "epoch": self.epoch, "step": self.step,
-                          "wall_s": round(time.perf_counter() - t_start, 1),  # this sitting
+                          "wall_s": round(time.perf_counter() - self.t_sitting, 1),  # this sitting
                           "train_wall_s": round(self.train_wall_s(), 1), **metrics}  # every sitting, up to here
                 self.history.append(record)
                 self._log_line(record)
