@@ -9,10 +9,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-# Before anything imports huggingface_hub (it reads these at import time).
+# Before anything imports huggingface_hub or gradio (they read these at import time).
 _HUB_CACHE = tempfile.mkdtemp(prefix="cast-test-hub-")
 # It holds full-size published-layout files (GBs): gone with the run, whatever its outcome.
 atexit.register(shutil.rmtree, _HUB_CACHE, ignore_errors=True)
+# Gradio's file cache (the launched app's outputs, gradio_client's downloads): private to the run too,
+# instead of piling up in the machine's /tmp/gradio.
+_GRADIO_TMP = tempfile.mkdtemp(prefix="cast-test-gradio-")
+atexit.register(shutil.rmtree, _GRADIO_TMP, ignore_errors=True)
+os.environ["GRADIO_TEMP_DIR"] = _GRADIO_TMP
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_CACHE"] = _HUB_CACHE
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

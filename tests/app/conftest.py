@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,24 @@ from PIL import Image
 
 from tests.app.helpers import ABSENT_MODEL, add_concepts, app_config, free_port
 from tests.helpers import bomb_png, encoded
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leaked_download_dirs():
+    """gradio_client downloads each file through an empty folder it leaves behind in the system temp
+    directory (``<tempdir>/<40 hex digits>``): remove the ones the app tests made."""
+    tmp = Path(tempfile.gettempdir())
+
+    def leaked() -> set[Path]:
+        return {p for p in tmp.iterdir() if re.fullmatch(r"[0-9a-f]{40}", p.name) and p.is_dir()}
+
+    before = leaked()
+    yield
+    for p in leaked() - before:
+        try:
+            p.rmdir()  # only if empty: never anything with content
+        except OSError:
+            pass
 
 
 @pytest.fixture(scope="session")
