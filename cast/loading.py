@@ -323,9 +323,10 @@ def load_model(source: str | os.PathLike[str] = BUNDLED, *, revision: str | None
               the Hub repo ``twke/CAST`` through huggingface_hub's cache (``HF_HUB_OFFLINE`` honoured);
             - ``"bundled"``: the default model, an H-CAST cast_tiny with class and group heads and
               PartShapes' taxonomy, package data in ``cast/assets/bundled`` (installed with the package);
-              in a checkout also ``"bundled_flat"``: the flat cast_tiny trained on the same data at the
-              same budget (``assets/bundled_flat``), ``"bundled_vit"``: their ViT baseline in
-              ``assets/bundled_vit`` (returns the ViT, not a CAST) and ``"bundled_hirl"``: a
+              in a checkout also ``"bundled_flat"``: the flat cast_tiny trained on the same data for 8
+              epochs where the default had 24 (``assets/bundled_flat``), ``"bundled_vit"``: the ViT
+              baseline trained like the flat one, in ``assets/bundled_vit`` (returns the ViT, not a
+              CAST) and ``"bundled_hirl"``: a
               self-supervised cast_tiny with a concept hierarchy (``assets/bundled_hirl``);
             - a local published-format file (``.pth``, ``.pth.tar``);
             - a folder or Hub repo id with ``config.json`` + ``model.safetensors`` (our format).
