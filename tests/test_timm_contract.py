@@ -6,7 +6,10 @@ fixed input size, so the checks run at 64 px).
 Contracts: forward and backward, default cfgs at the standard and a non-standard input size, the
 API timm's optimizer factory relies on, creation on the meta device, ``features_only`` with every
 ``feature_cls``, ``forward_intermediates`` and ``prune_intermediate_layers``. The small models run in
-the fast loop, the larger sizes in the slow one.
+the fast loop, the larger sizes in the slow one. The costliest checks (pruning, features_only's options,
+hooks and FX) run once per depth layout, at its smallest width: the wider models of a layout
+(``cast_base`` has ``cast_small``'s stages at twice the width) run the very same code paths, as timm's
+own tests keep such checks to small models.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ SIZE = 64
 SMALL = ("cast_tiny", "hcast_tiny", "vit_conv_small")
 ALL = tuple(timm.list_models(["cast_*", "hcast_*", "vit_conv_*"]))
 MODELS = [pytest.param(n, marks=() if n in SMALL else pytest.mark.slow) for n in ALL]
+ONE_PER_LAYOUT = ("cast_tiny", "cast_small_deep", "hcast_tiny", "vit_conv_small")  # the smallest width of each depth layout
+LAYOUTS = [pytest.param(n, marks=() if n in SMALL else pytest.mark.slow) for n in ONE_PER_LAYOUT]
 _BUILT: dict[str, torch.nn.Module] = {}  # the current model's builds, copied for each use
 
 
@@ -44,6 +49,19 @@ def name(request):
 
 def test_every_family_model_is_checked():
     assert set(ALL) == set(MODEL_NAMES) | set(VIT_VARIANTS) and set(SMALL) <= set(ALL)
+
+
+def _layout(name: str) -> tuple:
+    model = timm.create_model(name, device="meta")
+    return name.split("_")[0], tuple(getattr(model, "depths", ())), len(model.blocks), model.embed_dim
+
+
+def test_every_model_shares_its_depth_layout_with_a_narrower_or_equal_fully_checked_one():
+    checked = {_layout(n)[:3]: _layout(n)[3] for n in ONE_PER_LAYOUT}
+    assert len(checked) == len(ONE_PER_LAYOUT) and set(ONE_PER_LAYOUT) <= set(ALL)
+    for name in ALL:
+        *layout, width = _layout(name)
+        assert tuple(layout) in checked and checked[tuple(layout)] <= width, f"{name}: its layout is not checked in full"
 
 
 def takes_superpixels(name: str) -> bool:
@@ -224,6 +242,7 @@ def test_features_only_maps(name, feature_cls):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("name", LAYOUTS)
 def test_features_only_options(name):
     x = inputs(name)
     picked = create(name, features_only=True, out_indices=(1, 3), feature_cfg=dict(norm=True)).eval()
@@ -240,6 +259,7 @@ def test_features_only_options(name):
     assert not [n for n, p in model.named_parameters() if p.grad is None], "pruned to what the features need"
 
 
+@pytest.mark.parametrize("name", LAYOUTS)
 def test_features_only_hook_and_fx(name):
     x = inputs(name)
     hooked = create(name, features_only=True, feature_cls="hook").eval()
@@ -300,6 +320,7 @@ def _patterns(n: int) -> list[list[int]]:
     return [[i] for i in range(n)] + [[0, i] for i in range(1, n)] + [list(range(n))]
 
 
+@pytest.mark.parametrize("name", LAYOUTS)
 def test_prune_keeps_what_the_kept_intermediates_need(name):
     model = create(name, drop_rate=0.5).eval() if takes_superpixels(name) else create(name).eval()
     x = inputs(name, batch=2)
@@ -312,7 +333,7 @@ def test_prune_keeps_what_the_kept_intermediates_need(name):
         torch.testing.assert_close(kept(*x), expected)  # nothing the output needs was pruned
     if name in ("cast_tiny", "hcast_tiny"):  # every index pattern, with and without the norm
         cases = list(itertools.product(_patterns(n), (False, True)))
-    elif takes_superpixels(name):  # the same code at other widths and depths: each stage once
+    elif takes_superpixels(name):  # the same code at other depths: each stage once
         cases = [([i], i % 2 == 1) for i in range(n)] + [(list(range(n)), True)]
     else:
         cases = [([0], False), ([n - 1], True), ([0, n // 2], False), (list(range(n)), True)]
