@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,12 @@ def run_cli(*args, env_extra=None):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "cast", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+def run_cli_pair(first: list, second: list) -> list[subprocess.CompletedProcess]:
+    """Two independent CLI runs side by side (one per core: most of a short run is start-up)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda args: run_cli(*args), (first, second)))
 
 
 def test_folder_with_broken_files(tmp_path, photo, tiny_model_dir):
@@ -118,9 +125,10 @@ def test_dataset_formats_with_a_broken_file(tmp_path, photo, tiny_model_dir):
 def test_shards_merged_equal_one_run(tmp_path, photo, tiny_model_dir):
     src = _dataset(tmp_path / "in", photo, n=7, broken=False)
     common = ["--model", tiny_model_dir, "--format", "coco,labelstudio", "--batch-size", "2", "--workers", "0", "--quiet"]
-    assert run_cli("segment", src, "--out", tmp_path / "one", *common).returncode == 0
-    for i in range(3):
-        assert run_cli("segment", src, "--out", tmp_path / f"s{i}", "--shard", f"{i}/3", *common).returncode == 0
+    runs = [["segment", src, "--out", tmp_path / "one", *common]]
+    runs += [["segment", src, "--out", tmp_path / f"s{i}", "--shard", f"{i}/3", *common] for i in range(3)]
+    for r in run_cli_pair(*runs[:2]) + run_cli_pair(*runs[2:]):
+        assert r.returncode == 0, r.stderr
     part = json.loads((tmp_path / "s1" / "coco.json").read_text())
     assert 0 < len(part["images"]) < 7  # a shard covers its own images only
     r = run_cli("merge", *(tmp_path / f"s{i}" for i in range(3)), "--out", tmp_path / "merged")

@@ -152,6 +152,9 @@ def test_a_killed_model_worker_and_a_killed_task_are_retried_and_the_output_is_c
 
 def test_an_interrupted_run_resumes_and_an_output_of_other_inputs_is_refused(folder, local_out, tiny_model_dir, tmp_path):
     out = tmp_path / "ray"
+    # the reference, meanwhile: batch size 1, every image alone, so the files equal the local engine's run at batch size 1
+    ref = tmp_path / "local1"
+    reference = cli(folder, "--model", tiny_model_dir, "--out", ref, *COMMON, "--batch-size", "1", wait=False)
     proc = cli(folder, "--model", tiny_model_dir, "--out", out, *COMMON, "--engine", "ray", "--batch-size", "1", wait=False)
     parts = out / ".parts"
     try:
@@ -166,9 +169,8 @@ def test_an_interrupted_run_resumes_and_an_output_of_other_inputs_is_refused(fol
     assert r.returncode == 1, r.stderr
     now = int(r.stderr.strip().splitlines()[-2].split()[0])
     assert now <= 8 - before  # only what was left
-    # batch size 1: every image alone, so the files equal the local engine's run at batch size 1
-    ref = tmp_path / "local1"
-    cli(folder, "--model", tiny_model_dir, "--out", ref, *COMMON, "--batch-size", "1")
+    _, err = reference.communicate(timeout=600)
+    assert reference.returncode == 1, err  # 1: the broken file
     assert (out / "coco.json").read_bytes() == (ref / "coco.json").read_bytes()
     # another input list into the same output: refused before Ray starts
     fewer = tmp_path / "fewer"
