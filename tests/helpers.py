@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import io
 import json
@@ -46,7 +47,15 @@ def official_keys(layout: str) -> list[tuple[str, list[int]]]:
 
 
 def random_state_dict(layout: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors with exactly the published keys and shapes (shared blocks share tensors)."""
+    """Random tensors with exactly the published keys and shapes (shared blocks share tensors).
+
+    A new dict each call over tensors made once per (layout, seed): replace or drop entries freely,
+    never change a tensor in place."""
+    return dict(_random_tensors(layout, seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _random_tensors(layout: str, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     sd: dict[str, torch.Tensor] = {}
     for key, shape in official_keys(layout):

@@ -7,6 +7,11 @@ from cast.models import MODEL_NAMES, VARIANTS
 from tests.helpers import official_keys, random_state_dict, write_deit_file, write_moco_file
 
 
+def _wide_ones_slow(names) -> list:
+    """The base widths (``cast_base*``: seconds to build) run in the slow loop."""
+    return [pytest.param(n, marks=pytest.mark.slow if n.startswith("cast_base") else ()) for n in names]
+
+
 def block_superpixels(batch: int, size: int, cell: int) -> torch.Tensor:
     """Square superpixels of ``cell`` px: ids 0..(size/cell)^2 - 1, row-major."""
     r = torch.arange(size) // cell
@@ -28,7 +33,7 @@ def test_state_dict_equals_published_layout(layout, name, kwargs):
     assert ours == dict(official_keys(layout))
 
 
-@pytest.mark.parametrize("name", ["cast_small_deep", "cast_base_deep"])
+@pytest.mark.parametrize("name", _wide_ones_slow(["cast_small_deep", "cast_base_deep"]))
 def test_deep_variants_name_stage_blocks_by_global_index(name):
     model = timm.create_model(name, num_classes=0)
     sd = model.state_dict()
@@ -37,7 +42,7 @@ def test_deep_variants_name_stage_blocks_by_global_index(name):
     assert sd["blocks4.13.attn.qkv.weight"].data_ptr() == sd["blocks.13.attn.qkv.weight"].data_ptr()
 
 
-@pytest.mark.parametrize("name", VARIANTS)  # H-CAST's: tests/test_hcast.py and the timm contract
+@pytest.mark.parametrize("name", _wide_ones_slow(VARIANTS))  # H-CAST's: tests/test_hcast.py and the timm contract
 def test_every_variant_forward_backward(name):
     torch.manual_seed(0)
     model = timm.create_model(name, img_size=64, num_classes=7, pos_embed="learned", drop_path_rate=0.1)
