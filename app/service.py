@@ -116,9 +116,9 @@ class ModelStore:
         return self._choices
 
     def _scan(self) -> list[ModelChoice]:
-        out = [ModelChoice(BUNDLED, "bundled: H-CAST cast_tiny, class and group heads, PartShapes, 24 epochs (offline)", "bundled")]
+        out = [ModelChoice(BUNDLED, "bundled: H-CAST cast_tiny, class and group heads, PartShapes, 24-epoch run (offline)", "bundled")]
         if (bundled_dir(BUNDLED_FLAT) / "config.json").is_file():
-            out.append(ModelChoice(BUNDLED_FLAT, "bundled_flat: cast_tiny, one head, PartShapes, 8 epochs (offline)", "bundled"))
+            out.append(ModelChoice(BUNDLED_FLAT, "bundled_flat: cast_tiny, one head, PartShapes, 8-epoch run (offline)", "bundled"))
         if (bundled_dir(BUNDLED_CONCEPTS) / "concepts.json").is_file():
             out.append(ModelChoice(BUNDLED_CONCEPTS, "bundled_hirl: cast_tiny + HIRL concepts, PartShapes, self-supervised (offline)",
                                    "bundled"))

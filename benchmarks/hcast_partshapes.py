@@ -77,17 +77,19 @@ def targets_at(evals: dict[tuple[str, int], dict[str, Any]], epochs: int) -> dic
         "tice <= 0.02": [round(tax_h["tice"], 3), tax_h["tice"] <= 0.02],
     }
 
-    def versus(name: str, mine: float, theirs: float | None, ok: bool) -> None:
-        out[name] = [[round(mine, 3), None if theirs is None else round(theirs, 3)], None if theirs is None else ok]
+    def versus(name: str, mine: float, theirs: float | None, margin: float) -> None:
+        """Met when ``mine >= theirs + margin``; None (not judged) without the baseline's value."""
+        if theirs is None:
+            out[name] = [[round(mine, 3), None], None]
+        else:
+            out[name] = [[round(mine, 3), round(theirs, 3)], mine >= theirs + margin]
 
-    f = flat["taxonomy"]["top1"][0] if flat else None
-    versus("fine top-1 >= flat cast_tiny's", tax_h["top1"][0], f, f is not None and tax_h["top1"][0] >= f)
-    v = vit["taxonomy"]["fpa"] if vit else None
-    versus("fpa >= Hier-ViT's + 0.10", tax_h["fpa"], v, v is not None and tax_h["fpa"] >= v + 0.10)
+    versus("fine top-1 >= flat cast_tiny's", tax_h["top1"][0], flat["taxonomy"]["top1"][0] if flat else None, 0.0)
+    versus("fpa >= Hier-ViT's + 0.10", tax_h["fpa"], vit["taxonomy"]["fpa"] if vit else None, 0.10)
     for key in ("part_miou_oracle", "object_miou_oracle"):
         mine, theirs = best_level(h.get("levels", {}), key), best_level(flat.get("levels", {}), key) if flat else None
         if mine:
-            versus(f"{key} >= flat's - 0.02", mine[0], theirs and theirs[0], bool(theirs) and mine[0] >= theirs[0] - 0.02)
+            versus(f"{key} >= flat's - 0.02", mine[0], theirs[0] if theirs else None, -0.02)
     return out
 
 

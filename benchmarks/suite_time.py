@@ -34,7 +34,7 @@ def parse_pytest(output: str) -> dict:
     if not summary:
         raise ValueError("no pytest summary line in the output")
     last = summary[-1]
-    counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n)
+    counts = {("error" if kind.startswith("error") else kind): int(n)
               for n, kind in re.findall(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", last)}
     slowest = [{"seconds": float(s), "phase": phase, "test": test}
                for s, phase, test in re.findall(r"^([\d.]+)s (call|setup|teardown)\s+(\S+)$", output, re.M)]
@@ -75,8 +75,10 @@ def main() -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+    if tests_at is None:
+        raise SystemExit(".ci/run printed no '== tests' line: cannot tell its setup from its tests")
     suite, fast = parse_pytest(ci_out), parse_pytest(fast_out)
-    suite.update(wall_s=round(ci_s - (tests_at or 0.0), 1), setup_s=round(tests_at or 0.0, 1), ci_run_s=round(ci_s, 1))
+    suite.update(wall_s=round(ci_s - tests_at, 1), setup_s=round(tests_at, 1), ci_run_s=round(ci_s, 1))
     fast.update(wall_s=round(fast_s, 1))
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores", "python": platform.python_version(), "commit": commit,

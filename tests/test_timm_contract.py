@@ -57,7 +57,7 @@ def _layout(name: str) -> tuple:
 
 
 def test_every_model_shares_its_depth_layout_with_a_narrower_or_equal_fully_checked_one():
-    checked = {_layout(n)[:3]: _layout(n)[3] for n in ONE_PER_LAYOUT}
+    checked = {layout[:3]: layout[3] for layout in map(_layout, ONE_PER_LAYOUT)}
     assert len(checked) == len(ONE_PER_LAYOUT) and set(ONE_PER_LAYOUT) <= set(ALL)
     for name in ALL:
         *layout, width = _layout(name)
