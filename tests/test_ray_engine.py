@@ -114,11 +114,11 @@ def _workers(proc: subprocess.Popen, title: str) -> set[int]:
     return {pid for pid in family if titles.get(pid, "").startswith(title)}
 
 
-def _wait_for(condition, timeout: float = 180.0, what: str = "") -> None:
+def _wait_for(condition, timeout: float = 180.0, what: str = "", poll: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
 def test_a_killed_model_worker_and_a_killed_task_are_retried_and_the_output_is_complete(folder, local_out, tiny_model_dir,
@@ -136,7 +136,8 @@ def test_a_killed_model_worker_and_a_killed_task_are_retried_and_the_output_is_c
         _wait_for(lambda: _workers(proc, actor) - killed or proc.poll() is not None, what="a restart")
         assert _workers(proc, actor) - killed, "Ray did not restart the killed model actor"
         # then a worker process running a writing task, SIGKILLed too
-        _wait_for(lambda: _workers(proc, "ray::Map(_write)") or proc.poll() is not None, what="a writing task")
+        # a writing task lasts a fraction of a second: look often, or the run may end between two looks
+        _wait_for(lambda: _workers(proc, "ray::Map(_write)") or proc.poll() is not None, what="a writing task", poll=0)
         writers = _workers(proc, "ray::Map(_write)")
         for pid in writers:
             os.kill(pid, signal.SIGKILL)
